@@ -1,0 +1,65 @@
+"""Audio I/O: read any soundfile-readable file as mono float32 at a requested rate.
+
+Reading goes through soundfile (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1); stereo is
+downmixed by averaging channels; resampling uses soxr (high quality). Writing is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from interp.atomic import atomic_path
+from interp.errors import InterpError
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, check: bool = True) -> np.ndarray:
+    """Load `path` as a mono float32 waveform at `sample_rate`.
+
+    With `check`, empty, silent-only and non-finite audio raise InterpError.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise InterpError(f"audio file not found: {path}; fix the 'audio' path in the manifest")
+    if path.suffix.lower() in (".mp4", ".mkv", ".avi", ".mov", ".webm"):
+        raise InterpError(
+            f"{path} is a video container; extract its audio first, e.g. "
+            f"`ffmpeg -i {path.name} -ac 1 -ar 16000 {path.stem}.wav` (or use `interp data` loaders, which call ffmpeg when present)"
+        )
+    try:
+        wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for unreadable files
+        raise InterpError(f"cannot read audio {path}: {str(e).splitlines()[0]}; use WAV, FLAC, OGG or MP3") from None
+    wav = wav.mean(axis=1)
+    if sr != sample_rate and wav.size:
+        wav = resample(wav, sr, sample_rate)
+    if check:
+        check_waveform(wav, path)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    import soxr
+
+    return soxr.resample(np.asarray(wav, dtype=np.float32), orig_rate, target_rate, quality="HQ").astype(np.float32)
+
+
+def check_waveform(wav: np.ndarray, name: str | os.PathLike = "audio") -> None:
+    if wav.size == 0:
+        raise InterpError(f"audio {name} is empty; remove the item or fix the file")
+    if not np.all(np.isfinite(wav)):
+        raise InterpError(f"audio {name} contains NaN or infinite samples; fix or remove the file")
+    if np.max(np.abs(wav)) < 1e-6:
+        raise InterpError(f"audio {name} is silent; remove the item or fix the file")
+
+
+def write_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = 16000) -> None:
+    """Write mono 16-bit PCM WAV atomically."""
+    import soundfile as sf
+
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")

@@ -1,0 +1,71 @@
+"""The manifest: JSON Lines, one utterance per line, the one data format every command reads.
+
+Required fields: `id` (unique string) and `audio` (a path, absolute or relative to the
+manifest's folder). Optional: `transcript`, `task`, `label`, `choices`, `answers`,
+`speaker`, `snr_db`; any other field is kept as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from interp.atomic import write_jsonl
+from interp.errors import InterpError
+
+REQUIRED = ("id", "audio")
+OPTIONAL = ("transcript", "task", "label", "choices", "answers", "speaker", "snr_db")
+
+
+def read_manifest(path: str | os.PathLike, limit: int | None = None, require_audio: bool = True) -> list[dict]:
+    """Read and validate a manifest; `audio` paths come back absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise InterpError(f"manifest not found: {path}; pass a JSON Lines file with one utterance per line")
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InterpError(f"{path} is not UTF-8 text; re-save it as UTF-8 JSON Lines") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InterpError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise InterpError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+        for key in REQUIRED if require_audio else ("id",):
+            if key not in row or row[key] in (None, ""):
+                raise InterpError(f"{path}:{lineno}: missing required field '{key}'; every line needs 'id' and 'audio'")
+        row["id"] = str(row["id"])
+        if row["id"] in seen:
+            raise InterpError(f"{path}:{lineno}: duplicate id '{row['id']}' (first on line {seen[row['id']]}); ids must be unique")
+        seen[row["id"]] = lineno
+        if row.get("audio"):
+            audio = Path(row["audio"])
+            row["audio"] = str(audio if audio.is_absolute() else (path.parent / audio).resolve())
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise InterpError(f"manifest {path} has no items; add one JSON object per line")
+    return rows
+
+
+def write_manifest(path: str | os.PathLike, rows: list[dict], relative: bool = True) -> None:
+    """Write rows atomically; audio paths are made relative to the manifest's folder when possible."""
+    path = Path(path)
+    out = []
+    for row in rows:
+        row = dict(row)
+        if relative and row.get("audio"):
+            try:
+                row["audio"] = os.path.relpath(Path(row["audio"]).resolve(), path.parent.resolve())
+            except ValueError:
+                pass
+        out.append(row)
+    write_jsonl(path, out)

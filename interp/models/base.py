@@ -1,0 +1,249 @@
+"""The adapter contract: what the toolkit needs to know about one speech-LLM family.
+
+An adapter is thin. It loads a checkpoint from a local path with the family's own classes,
+turns (waveform, prompt) pairs into model inputs with the family's own processor, and
+declares where things are: the decoder layers whose outputs form the residual stream, the
+final norm, the unembedding, the audio encoder's layers, and which residual positions hold
+audio and which seconds of the waveform each of them covers. Everything else (tracing,
+stores, probes, lens, erasure) is written once, against this contract.
+
+Module locations are dotted attribute paths from the loaded model (as in TransformerLens'
+architecture adapters), so the same path serves the raw module (`model.get_submodule`) and
+its nnsight envoy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from interp.errors import InterpError
+
+
+@dataclass
+class AudioSpan:
+    """Where one item's audio sits in the residual stream and what time it covers."""
+
+    positions: np.ndarray  #: int64 sequence positions (in the padded batch) holding audio
+    time_start: np.ndarray  #: float64 seconds at which each audio position's window starts
+    time_end: np.ndarray  #: float64 seconds at which it ends (clipped to the audio's end)
+
+
+@dataclass
+class Batch:
+    """Model inputs for a batch plus the bookkeeping needed to read positions back."""
+
+    inputs: dict[str, Any]  #: keyword arguments of the model's forward
+    token_ids: torch.Tensor  #: (batch, seq) id at each position; audio positions hold the placeholder id
+    attention_mask: torch.Tensor  #: (batch, seq) 1 for real positions, 0 for padding
+    audio: list[AudioSpan]  #: one per item
+    durations: list[float]  #: seconds of audio per item (before any truncation)
+    truncated: list[bool] = field(default_factory=list)  #: audio cut at the encoder window
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def to(self, device, dtype=None) -> "Batch":
+        def move(v):
+            if isinstance(v, torch.Tensor):
+                if dtype is not None and v.is_floating_point():
+                    return v.to(device=device, dtype=dtype)
+                return v.to(device)
+            return v
+
+        self.inputs = {k: move(v) for k, v in self.inputs.items()}
+        return self
+
+
+def frame_times(n: int, seconds_per_position: float, duration: float, offset: float = 0.0):
+    """Start/end seconds of `n` consecutive windows of `seconds_per_position`, clipped to `duration`."""
+    start = offset + np.arange(n, dtype=np.float64) * seconds_per_position
+    end = np.minimum(start + seconds_per_position, duration)
+    return start, np.maximum(end, start)
+
+
+class SpeechLM:
+    """Base class of model-family adapters. Subclasses set the class attributes and `prepare`."""
+
+    family: ClassVar[str]  #: short name used on the command line
+    description: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()  #: config.model_type values this adapter serves
+    layers_path: ClassVar[str]  #: decoder blocks (an nn.ModuleList)
+    norm_path: ClassVar[str]  #: final norm applied before the unembedding
+    unembed_path: ClassVar[str]  #: the unembedding (lm_head)
+    embed_path: ClassVar[str]  #: the token embedding of the decoder
+    encoder_layers_path: ClassVar[str | None] = None  #: audio encoder blocks
+    encoder_seconds_per_frame: ClassVar[float] = 0.02
+    seconds_per_audio_position: ClassVar[float]  #: audio time per decoder audio position
+    sampling_rate: ClassVar[int] = 16000
+    max_audio_seconds: ClassVar[float | None] = 30.0  #: longer audio is truncated (with a warning)
+    trust_remote_code: ClassVar[bool] = False
+
+    def __init__(self, model: torch.nn.Module, processor: Any, path: str | Path):
+        self.model = model
+        self.processor = processor
+        self.path = str(path)
+        self._nnsight = None
+
+    # ---- loading -------------------------------------------------------------------
+
+    @classmethod
+    def model_class(cls):
+        raise NotImplementedError
+
+    @classmethod
+    def processor_class(cls):
+        from transformers import AutoProcessor
+
+        return AutoProcessor
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: str | torch.dtype | None = None, device: str = "cpu", device_map=None):
+        """Load model and processor from a local checkpoint folder."""
+        torch_dtype = _as_dtype(dtype) if dtype is not None else torch.float32
+        kwargs = dict(dtype=torch_dtype)
+        if cls.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model = cls.model_class().from_pretrained(str(path), **kwargs).eval()
+        if device_map is None:
+            model.to(device)
+        proc_kwargs = {"trust_remote_code": True} if cls.trust_remote_code else {}
+        processor = cls.processor_class().from_pretrained(str(path), **proc_kwargs)
+        return cls(model, processor, path)
+
+    @classmethod
+    def make_tiny(cls, out: str | Path, seed: int = 0) -> Path:
+        """Write a tiny random checkpoint of this family's real class, loadable offline."""
+        raise NotImplementedError
+
+    # ---- where things are ------------------------------------------------------------
+
+    def module(self, path: str) -> torch.nn.Module:
+        return self.model.get_submodule(path)
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.module(self.layers_path)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def final_norm(self) -> torch.nn.Module:
+        return self.module(self.norm_path)
+
+    @property
+    def unembed(self) -> torch.nn.Module:
+        return self.module(self.unembed_path)
+
+    @property
+    def encoder_layers(self) -> torch.nn.ModuleList:
+        if self.encoder_layers_path is None:
+            raise InterpError(f"{self.family} exposes no audio encoder layers; use --component decoder")
+        return self.module(self.encoder_layers_path)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.unembed.in_features)
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def nnsight(self):
+        """The model wrapped for nnsight tracing (made once, shared by all tools)."""
+        if self._nnsight is None:
+            from nnsight import NNsight
+
+            self._nnsight = NNsight(self.model)
+        return self._nnsight
+
+    def envoy(self, path: str):
+        obj = self.nnsight
+        for part in path.split("."):
+            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+        return obj
+
+    def config_hash(self) -> str:
+        import hashlib
+
+        cfg = self.model.config.to_dict()
+        cfg.pop("_name_or_path", None)
+        cfg.pop("transformers_version", None)
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # ---- inputs ----------------------------------------------------------------------
+
+    def prompt_text(self, instruction: str) -> str:
+        """The full prompt string holding one audio placeholder and the instruction."""
+        conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def prepare(self, waveforms: Sequence[np.ndarray], instructions: Sequence[str], padding_side: str = "right") -> Batch:
+        """Turn 16 kHz mono waveforms and instructions into a Batch on the model's device."""
+        raise NotImplementedError
+
+    def encoder_inputs(self, batch: Batch) -> tuple[dict[str, Any], list[AudioSpan]]:
+        """Keyword arguments for the audio encoder alone and each item's encoder frames."""
+        raise InterpError(f"{self.family} does not support --component encoder yet")
+
+    def truncate(self, waveforms: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[float], list[bool]]:
+        durations = [len(w) / self.sampling_rate for w in waveforms]
+        if self.max_audio_seconds is None:
+            return list(waveforms), durations, [False] * len(waveforms)
+        limit = int(self.max_audio_seconds * self.sampling_rate)
+        return [w[:limit] for w in waveforms], durations, [len(w) > limit for w in waveforms]
+
+    def describe(self) -> dict:
+        return {
+            "family": self.family,
+            "path": self.path,
+            "model_class": type(self.model).__name__,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "layers": self.layers_path,
+            "final_norm": self.norm_path,
+            "unembed": self.unembed_path,
+            "encoder_layers": self.encoder_layers_path,
+            "seconds_per_audio_position": self.seconds_per_audio_position,
+        }
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+             "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise InterpError(f"unknown dtype '{dtype}'; use one of float32, float16, bfloat16")
+    return table[dtype]
+
+
+def spans_from_mask(is_audio: torch.Tensor, counts: Sequence[int], seconds_per_position: float,
+                    durations: Sequence[float]) -> list[AudioSpan]:
+    """Audio spans from a (batch, seq) placeholder mask; checks each item has `counts[i]` of them."""
+    spans = []
+    for i, n in enumerate(counts):
+        pos = torch.nonzero(is_audio[i]).flatten().cpu().numpy().astype(np.int64)
+        if len(pos) != n:
+            raise RuntimeError(f"item {i}: {len(pos)} audio placeholders in the prompt but {n} audio embeddings")
+        start, end = frame_times(n, seconds_per_position, durations[i])
+        spans.append(AudioSpan(pos, start, end))
+    return spans
