@@ -12,10 +12,104 @@ from rich.console import Console
 
 from interp.errors import InterpError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for speech LLMs.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Mechanistic interpretability for speech LLMs.")
 console = Console(stderr=True)
 
-# ---- models / trace / demo: see below ----
+# ---- models / trace / demo ----
+models_app = typer.Typer(help="Supported model families and tiny test checkpoints.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+def progress_bar():
+    """A rich progress bar with items/s and ETA, on stderr."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    class Rate(TextColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return f"{speed:.2f} items/s" if speed else "-- items/s"
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(""),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context):
+    """List the supported model families."""
+    if ctx.invoked_subcommand:
+        return
+    from rich.table import Table
+
+    from interp.models import families
+
+    table = Table("family", "class", "time per audio position", "layers", "description")
+    for name, cls in families().items():
+        table.add_row(name, cls.model_class().__name__, f"{cls.seconds_per_audio_position * 1000:g} ms",
+                      cls.layers_path, cls.description)
+    Console().print(table)
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(family: str = typer.Argument(..., help="model family, see `interp models`"),
+                     out: Path = typer.Option(..., "--out", help="folder to write the checkpoint to"),
+                     seed: int = typer.Option(0, help="seed for the random weights")):
+    """Write a tiny random checkpoint of FAMILY's real class that loads offline."""
+    from interp.models import get_family
+
+    cls = get_family(family)
+    path = cls.make_tiny(out, seed=seed)
+    console.print(f"wrote tiny {family} checkpoint to [bold]{path}[/]")
+
+
+@app.command("trace")
+def trace_cmd(
+    model: Path = typer.Argument(..., help="local checkpoint folder"),
+    data: Path = typer.Option(..., "--data", help="manifest (JSON Lines: id, audio, ...)"),
+    out: Path = typer.Option(..., "--out", help="activation store to write (.h5)"),
+    layers: str = typer.Option("all", help="'all' or block indices like 0,4,8 (add 'embed' for the input of block 0)"),
+    positions: str = typer.Option("audio", help="all | audio | text | last | audio-mean"),
+    dtype: str = typer.Option("float16", help="stored dtype: float16 | float32"),
+    batch_size: int = typer.Option(8, help="items per forward pass"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model_dtype: str = typer.Option("auto", help="dtype to run the model in: auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16"),
+    component: str = typer.Option("decoder", help="decoder (LLM residual stream) | encoder (audio encoder layers)"),
+    resume: bool = typer.Option(False, "--resume", help="complete an interrupted store"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
+    limit: Optional[int] = typer.Option(None, help="trace only the first N items"),
+    prompt: Optional[str] = typer.Option(None, help="instruction sent with the audio (default: the item's task prompt)"),
+):
+    """Record residual activations of MODEL over a manifest into an HDF5 store."""
+    from interp.manifest import read_manifest
+    from interp.models import load_model
+    from interp.trace import trace
+
+    if resume and overwrite:
+        raise InterpError("--resume and --overwrite exclude each other; pick one")
+    rows = read_manifest(data, limit=limit)
+    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+    with progress_bar() as bar:
+        task = bar.add_task("trace", total=len(rows))
+        summary = trace(adapter, rows, out, layers=layers, positions=positions, dtype=dtype, batch_size=batch_size,
+                        resume=resume, overwrite=overwrite, prompt=prompt, component=component,
+                        command=" ".join(["interp"] + sys.argv[1:]), on_items_done=lambda n: bar.advance(task, n))
+    console.print(f"traced {summary.n_new} new item(s); store [bold]{summary.path}[/] holds {summary.n_items} items, "
+                  f"{summary.n_rows} positions, layers {','.join(summary.layers)}")
+    if summary.non_finite:
+        console.print(f"[yellow]warning:[/] {summary.non_finite} non-finite values in the store (float16 overflow?); "
+                      "trace with --dtype float32")
+
+
+def _model_dtype(choice: str, device: str) -> Optional[str]:
+    if choice != "auto":
+        return choice
+    import torch
+
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return "bfloat16" if on_cuda else "float32"
+
+
 # ---- data (tasks): commands are added after this line ----
 # ---- run / cascade / compare: commands are added after this line ----
 
@@ -60,6 +154,7 @@ def compare_cmd(
                 + (f" (e.g. {ex_b})" if ex_b else "")
                 + f"; {cov.n_paired} paired",
                 highlight=False,
+                soft_wrap=True,
             )
     table = Table(title="Agreement per system pair, task and SNR")
     for col in ("system pair", "task", "snr", "n", "acc A", "acc B", "kappa [95% CI]", "agreement", "error overlap", "McNemar p", "q"):
@@ -78,10 +173,10 @@ def compare_cmd(
         if c.kappa_undefined_reason or c.note:
             why = "; ".join(x for x in (c.kappa_undefined_reason, c.note) if x)
             where = f"{c.system_a} vs {c.system_b}, {format_task(c.task)}, {format_snr(c.snr_db)}"
-            console.print(f"[dim]{escape(where)}: {escape(why)}[/]", highlight=False)
-    console.print(escape(f"report: {paths['markdown']}  {paths['json']}"), highlight=False)
+            console.print(f"[dim]{escape(where)}: {escape(why)}[/]", highlight=False, soft_wrap=True)
+    console.print(escape(f"report: {paths['markdown']}  {paths['json']}"), highlight=False, soft_wrap=True)
     for p in plots:
-        console.print(escape(f"plot: {p}"), highlight=False)
+        console.print(escape(f"plot: {p}"), highlight=False, soft_wrap=True)
 # ---- probe / lens: commands are added after this line ----
 # ---- erase: commands are added after this line ----
 
@@ -90,7 +185,9 @@ def main() -> None:
     try:
         app()
     except InterpError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

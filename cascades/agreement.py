@@ -19,7 +19,7 @@ from typing import Hashable, Sequence
 import numpy as np
 from scipy import stats
 
-UNPARSED = "unparsed"
+from tasks.parse import UNPARSED  # the parsers' "no usable answer"; re-exported here
 
 # Bootstrap index matrices are built this many elements at a time: large enough to stay
 # vectorised, small enough that 10^4 x 10^5 items does not need gigabytes.

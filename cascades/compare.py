@@ -357,7 +357,7 @@ def compare_systems(
     coverage: list[PairCoverage] = []
     comparisons: list[PairComparison] = []
     for a, b in itertools.combinations(systems, 2):
-        shared = a.items.keys() | b.items.keys()
+        shared = a.items.keys() & b.items.keys()
         only_a = sorted(a.items.keys() - shared, key=_key_order)
         only_b = sorted(b.items.keys() - shared, key=_key_order)
         if not shared:

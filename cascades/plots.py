@@ -51,7 +51,7 @@ def kappa_figure(report: Report) -> Figure | None:
     fig = Figure(figsize=(max(6.0, 1.0 + len(tasks) * max(1.2, 0.35 * len(pairs))), 3.2 * len(snrs) + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(snrs), 1, squeeze=False, sharex=True)[:, 0]
-    lows = [c.kappa_ci_low for c in comps if not math.isnan(c.kappa_ci_low)] + [0.0]
+    lows = [v for c in comps for v in (c.kappa, c.kappa_ci_low) if not math.isnan(v)] + [0.0]
     for ax, snr in zip(axes, snrs):
         for j, pair in enumerate(pairs):
             x = np.arange(len(tasks)) - 0.4 + width * (j + 0.5)
@@ -73,6 +73,7 @@ def kappa_figure(report: Report) -> Figure | None:
         ax.set_title(format_snr(snr), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xticks(np.arange(len(tasks)), [format_task(t) for t in tasks])
+    axes[-1].set_xlim(-0.5, len(tasks) - 0.5)
     handles, labels = _unique_legend(axes)
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8)
     conf = report.settings.get("confidence", 0.95)
@@ -123,8 +124,7 @@ def accuracy_figure(report: Report) -> Figure | None:
                 ax.plot([x[last], x[is_clean][0]], [y[last], y[is_clean][0]], color=colors[s], linewidth=1.0, linestyle=":")
         ticks = noisy + ([clean_x] if any(a.snr_db is None for a in cells) else [])
         ax.set_xticks(ticks, [f"{v:g}" for v in noisy] + (["clean"] if len(ticks) > len(noisy) else []))
-        if noisy:
-            ax.set_xlim(noisy[0] - gap / 2, (ticks[-1] if ticks else noisy[-1]) + gap / 2)
+        ax.set_xlim(ticks[0] - gap / 2, ticks[-1] + gap / 2)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("SNR (dB)")
         ax.set_ylabel("accuracy")

@@ -81,7 +81,7 @@ def _context(prefix: str) -> str:
     return "plain"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LabelParser:
     """Closed label set, read through a synonym table.
 
@@ -101,7 +101,9 @@ class LabelParser:
                                 "topic", "sentiment", "emotion", "tone", "mood")
 
     def __post_init__(self) -> None:
-        strong = [(p, lab) for lab in self.labels for p in (lab.lower(), *self.synonyms.get(lab, ()))]
+        # A label word is itself a strong synonym unless listed as weak (AG News' "world").
+        strong = [(p, lab) for lab in self.labels for p in (lab.lower(), *self.synonyms.get(lab, ()))
+                  if p not in self.weak.get(lab, ())]
         weak = [(p, lab) for lab, ps in self.weak.items() for p in ps]
         # Longest fragment first, so "sci/tech" wins over "tech" and "not sarcastic" over "sarcastic".
         by_length = lambda pairs: sorted(pairs, key=lambda pl: -len(pl[0]))  # noqa: E731
@@ -178,7 +180,7 @@ def _alternation(pairs: Sequence[tuple[str, str]], whole: bool) -> tuple[re.Patt
     for i, (fragment, label) in enumerate(pairs):
         labels[f"g{i}"] = label
         body = fragment if any(c in fragment for c in "\\?()[]|+*") else re.escape(fragment)
-        groups.append(f"(?P<g{i}>{body})" if whole else rf"(?<![\w/-])(?P<g{i}>{body})(?![\w/-])")
+        groups.append(f"(?P<g{i}>{body})" if whole else rf"(?<![\w-])(?P<g{i}>{body})(?![\w-])")
     return re.compile("|".join(groups), re.I), labels
 
 
@@ -200,6 +202,9 @@ _LETTER_MARKER = re.compile(
     r"\b(?i:(?:final |correct |best )?answer|option|choice|choose|pick|select|go with|say|"
     r"letter)(?:\s+(?i:is|would be|should be|must be|will be))?\s*[:=-]?\s*"
     r"(?:(?i:option|choice|letter)\s*)?[(\[]?([A-Ea-e])[)\]]?(?![\w'-])")
+_WHOLE_LETTER = re.compile(
+    r"(?:(?:the )?(?:final |correct |best )?(?:answer|option|choice|letter)(?: is| would be)?\s*[:=-]?\s*)?"
+    r"(?:option |choice |letter )?[(\[]?([a-e])[)\]]?(?:[.:)](?:\s+.*)?)?")
 _TEXT_MARKER = re.compile(r"(?i)\b(?:answer|choice|option)\s*(?:is|would be|should be|:)\s*([^.\n]+)")
 _LETTER_MENTIONS = re.compile(
     r"[(\[]([A-Ea-e])[)\]]"                              # (B)
@@ -209,7 +214,7 @@ _LETTER_MENTIONS = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ChoiceParser:
     """Lettered multiple choice (A-E): reads letters, then, given the item, the options' texts."""
 
@@ -219,9 +224,9 @@ class ChoiceParser:
         raw = _IDIOMS.sub(" ", clean_generation(text))
         if not _strip_edges(raw):
             return UNPARSED
-        core = _strip_edges(_FILLER_PREFIX.sub("", _strip_edges(raw.lower())))
-        if re.fullmatch(r"(?:option |choice |letter )?\(?[a-e]\)?", core):
-            return core.strip("()")[-1].upper()
+        m = _WHOLE_LETTER.fullmatch(_strip_edges(raw.lower()))
+        if m:
+            return m.group(1).upper()
         found = {m.group(1).upper() for m in _LETTER_MARKER.finditer(raw)
                  if self._is_letter(raw, m) and _context(raw[: m.start()].lower()) == "plain"}
         if found:
@@ -332,7 +337,7 @@ def _first_sentence(s: str) -> str:
     return s
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OpenAnswerParser:
     """Open answer: the short answer the reply gives, or UNPARSED for refusals and empty replies."""
 

@@ -1,0 +1,362 @@
+"""Record the residual stream of a speech LLM with nnsight and stream it into a store.
+
+`record` runs one nnsight trace over a prepared batch and returns the residual after each
+requested block (and `embed`, the input of block 0: embeddings with audio merged in).
+`trace` drives a whole manifest through it: batches are prepared and run on the main
+thread while a writer thread appends finished batches to the store, so disk I/O overlaps
+compute and memory holds at most a couple of batches whatever the number of items.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from interp.audio import load_audio
+from interp.errors import InterpError
+from interp.models.base import AudioSpan, Batch, SpeechLM
+from interp.store import ItemRecord, StoreWriter
+
+POSITION_MODES = ("all", "audio", "text", "last", "audio-mean")
+STORE_DTYPES = ("float16", "float32")
+DEFAULT_INSTRUCTION = "Listen to the audio and answer."
+
+
+def parse_layers(spec: str | Sequence, n_layers: int, embed_by_default: bool = True) -> list[str]:
+    """'all' | '0,4,8' | 'embed,-1' -> layer names ('embed' first, then block indices ascending)."""
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+    else:
+        parts = [str(p) for p in spec]
+    if parts == ["all"]:
+        return (["embed"] if embed_by_default else []) + [str(i) for i in range(n_layers)]
+    out: set[int] = set()
+    embed = False
+    for p in parts:
+        if p == "embed":
+            embed = True
+            continue
+        try:
+            i = int(p)
+        except ValueError:
+            raise InterpError(f"bad layer '{p}'; use 'all' or comma-separated block indices like 0,4,8 (and 'embed')") from None
+        if not -n_layers <= i < n_layers:
+            raise InterpError(f"layer {i} is out of range: the model has {n_layers} blocks (0-{n_layers - 1}, or negative from the end)")
+        out.add(i % n_layers)
+    if not out and not embed:
+        raise InterpError("no layers selected; use 'all' or indices like 0,4,8")
+    return (["embed"] if embed else []) + [str(i) for i in sorted(out)]
+
+
+def layer_path(adapter: SpeechLM, component: str) -> str:
+    if component == "decoder":
+        return adapter.layers_path
+    if component == "encoder":
+        if adapter.encoder_layers_path is None:
+            raise InterpError(f"{adapter.family} exposes no audio encoder layers; use --component decoder")
+        return adapter.encoder_layers_path
+    raise InterpError(f"unknown component '{component}'; use decoder or encoder")
+
+
+def n_component_layers(adapter: SpeechLM, component: str) -> int:
+    return len(adapter.module(layer_path(adapter, component)))
+
+
+def _hidden(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def record(adapter: SpeechLM, batch: Batch, layers: Sequence[str], component: str = "decoder",
+           return_logits: bool = False) -> dict[str, torch.Tensor]:
+    """Residuals (batch, seq, d_model) at `layers` for one batch, from a single nnsight trace.
+
+    For the encoder component the returned tensors are over encoder frames.
+    """
+    path = layer_path(adapter, component)
+    if component == "encoder":
+        inputs, _ = adapter.encoder_inputs(batch)
+        from nnsight import NNsight
+
+        root = NNsight(adapter.module(path.rsplit(".", 1)[0]))
+        blocks = root.layers if hasattr(root, "layers") else None
+        envoys = blocks
+    else:
+        inputs = batch.inputs
+        root = adapter.nnsight
+        envoys = adapter.envoy(path)
+    saved: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), root.trace(**inputs):
+        # nnsight interleaves this code with the forward pass, so modules are visited in
+        # execution order: block 0's input first, then block outputs in ascending order.
+        if "embed" in layers:
+            saved["embed"] = _hidden(envoys[0].input).save()
+        for name in layers:
+            if name != "embed":
+                saved[name] = _hidden(envoys[int(name)].output).save()
+        if return_logits:
+            saved["logits"] = root.output.logits.save()
+    return saved
+
+
+@dataclass
+class ItemPositions:
+    """Which sequence positions of one item are stored, and what they are."""
+
+    positions: np.ndarray
+    is_audio: np.ndarray
+    time_start: np.ndarray
+    time_end: np.ndarray
+    pooled: bool = False
+
+
+def select_positions(mode: str, span: AudioSpan, attention_mask: np.ndarray | None, n_positions: int) -> ItemPositions:
+    """Positions of one item for a positions mode, given its audio span and padding mask."""
+    real = np.flatnonzero(attention_mask) if attention_mask is not None else np.arange(n_positions)
+    audio_time = {int(p): (s, e) for p, s, e in zip(span.positions, span.time_start, span.time_end)}
+
+    def make(pos):
+        pos = np.asarray(pos, dtype=np.int64)
+        is_audio = np.array([int(p) in audio_time for p in pos], dtype=bool)
+        ts = np.array([audio_time.get(int(p), (np.nan, np.nan))[0] for p in pos], dtype=np.float64)
+        te = np.array([audio_time.get(int(p), (np.nan, np.nan))[1] for p in pos], dtype=np.float64)
+        return ItemPositions(pos, is_audio, ts, te)
+
+    if mode == "all":
+        return make(real)
+    if mode == "audio":
+        return make(span.positions)
+    if mode == "text":
+        return make(np.setdiff1d(real, span.positions))
+    if mode == "last":
+        return make(real[-1:])
+    if mode == "audio-mean":
+        if len(span.positions) == 0:
+            raise InterpError("positions 'audio-mean' needs audio positions, and an item has none")
+        return ItemPositions(span.positions, np.ones(1, bool), np.array([span.time_start.min()]),
+                             np.array([span.time_end.max()]), pooled=True)
+    raise InterpError(f"unknown positions mode '{mode}'; use one of {', '.join(POSITION_MODES)}")
+
+
+def to_records(batch: Batch, acts: dict[str, torch.Tensor], rows: Sequence[dict], mode: str, store_dtype: str,
+               component: str, encoder_spans: list[AudioSpan] | None = None) -> list[ItemRecord]:
+    """Cut a batch's activations into per-item records for the positions mode."""
+    np_dtype = np.float16 if store_dtype == "float16" else np.float32
+    host = {k: v.detach().to("cpu", torch.float32) for k, v in acts.items() if k != "logits"}
+    records = []
+    for i, row in enumerate(rows):
+        if component == "encoder":
+            span = encoder_spans[i]
+            sel = select_positions(mode, span, None, len(span.positions))
+            token_ids = np.full(len(sel.positions), -1, dtype=np.int64)
+        else:
+            span = batch.audio[i]
+            mask = batch.attention_mask[i].cpu().numpy()
+            sel = select_positions(mode, span, mask, mask.shape[0])
+            token_ids = batch.token_ids[i].cpu().numpy()[sel.positions]
+        index = sel.positions.copy()
+        if component == "decoder":
+            # position within the unpadded sequence, whatever the padding side
+            first = int(np.flatnonzero(batch.attention_mask[i].cpu().numpy())[0])
+            index = index - first
+        resid = {}
+        for name, x in host.items():
+            h = x[i, torch.as_tensor(sel.positions)]
+            if sel.pooled:
+                h = h.mean(0, keepdim=True)
+            resid[name] = h.numpy().astype(np_dtype)
+        if sel.pooled:
+            token_ids, index = np.full(1, -1, np.int64), np.full(1, -1, np.int64)
+        records.append(ItemRecord(
+            id=str(row["id"]), row=row, resid=resid, token_id=token_ids.astype(np.int64), index=index.astype(np.int64),
+            is_audio=sel.is_audio, time_start=sel.time_start, time_end=sel.time_end,
+            audio_seconds=float(batch.durations[i]), truncated=bool(batch.truncated[i]) if batch.truncated else False))
+    return records
+
+
+def instruction_for(row: dict, prompt: str | None) -> str:
+    """The instruction sent with the audio: --prompt, else the item's task prompt, else a neutral one."""
+    if prompt:
+        return prompt
+    task = row.get("task")
+    if task:
+        try:
+            from tasks import get_task
+
+            return get_task(task).speech_prompt(row)
+        except (ImportError, InterpError, AttributeError):
+            pass
+    return DEFAULT_INSTRUCTION
+
+
+@dataclass
+class TraceSummary:
+    path: Path
+    n_items: int
+    n_new: int
+    n_rows: int
+    layers: list[str]
+    seconds: float
+    truncated: list[str] = field(default_factory=list)
+    non_finite: int = 0
+
+
+class _Writer(threading.Thread):
+    """Appends record batches to the store off the compute thread."""
+
+    def __init__(self, writer: StoreWriter, on_done: Callable[[int], None] | None):
+        super().__init__(daemon=True)
+        self.writer, self.on_done = writer, on_done
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+
+    def run(self):
+        while True:
+            records = self.queue.get()
+            if records is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.append(records)
+                    if self.on_done:
+                        self.on_done(len(records))
+                except BaseException as e:  # surfaced on the main thread
+                    self.error = e
+
+    def put(self, records):
+        if self.error:
+            raise self.error
+        self.queue.put(records)
+
+    def close(self):
+        self.queue.put(None)
+        self.join()
+        if self.error:
+            raise self.error
+
+
+def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str | Sequence = "all",
+          positions: str = "audio", dtype: str = "float16", batch_size: int = 8, resume: bool = False,
+          overwrite: bool = False, prompt: str | None = None, component: str = "decoder", command: str = "",
+          on_items_done: Callable[[int], None] | None = None) -> TraceSummary:
+    """Trace every manifest row through `adapter` and stream the residuals into the store `out`."""
+    out = Path(out)
+    if positions not in POSITION_MODES:
+        raise InterpError(f"unknown positions mode '{positions}'; use one of {', '.join(POSITION_MODES)}")
+    if dtype not in STORE_DTYPES:
+        raise InterpError(f"unknown store dtype '{dtype}'; use float16 or float32")
+    if batch_size < 1:
+        raise InterpError("--batch-size must be at least 1")
+    if component == "encoder" and positions == "text":
+        raise InterpError("the encoder has only audio frames; use positions all, audio, last or audio-mean")
+    names = parse_layers(layers, n_component_layers(adapter, component))
+    missing = [r["audio"] for r in rows if not Path(r["audio"]).is_file()]
+    if missing:
+        raise InterpError(f"{len(missing)} audio file(s) not found, e.g. {missing[0]}; fix the manifest's 'audio' paths")
+    attrs = _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component, command)
+
+    start = 0
+    if out.exists() and not overwrite:
+        if not resume:
+            raise InterpError(f"{out} exists; pass --resume to complete it or --overwrite to replace it")
+        writer = _check_resumable(out, attrs, rows)
+        start = writer.resume()
+        batch_size = int(attrs["batch_size"])
+    else:
+        if out.is_dir():
+            raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
+        writer = StoreWriter.create(out, attrs, names, adapter.n_layers and _width(adapter, component), dtype)
+    if on_items_done and start:
+        on_items_done(start)
+
+    t0 = time.perf_counter()
+    thread = _Writer(writer, on_items_done)
+    thread.start()
+    truncated, non_finite = [], 0
+    try:
+        for s in range(start, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            waves = [load_audio(r["audio"], adapter.sampling_rate) for r in chunk]
+            batch = adapter.prepare(waves, [instruction_for(r, prompt) for r in chunk])
+            acts = record(adapter, batch, names, component)
+            enc_spans = adapter.encoder_inputs(batch)[1] if component == "encoder" else None
+            records = to_records(batch, acts, chunk, positions, dtype, component, enc_spans)
+            for r, cut in zip(chunk, batch.truncated or []):
+                if cut:
+                    truncated.append(str(r["id"]))
+            non_finite += sum(int((~np.isfinite(x)).sum()) for rec in records for x in rec.resid.values())
+            thread.put(records)
+    finally:
+        thread.close()
+    writer.finish()
+    if truncated:
+        warnings.warn(f"{len(truncated)} item(s) longer than the encoder window were truncated to "
+                      f"{adapter.max_audio_seconds:g} s, e.g. {truncated[0]}")
+    from interp.store import ActivationStore
+
+    with ActivationStore(out) as store:
+        n_items, n_rows = store.n_items, store.n_rows
+    return TraceSummary(out, n_items, len(rows) - start, n_rows, names, time.perf_counter() - t0, truncated, non_finite)
+
+
+def _width(adapter: SpeechLM, component: str) -> int:
+    if component == "decoder":
+        return adapter.d_model
+    block = adapter.module(layer_path(adapter, component))[0]
+    for m in block.modules():
+        if isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith("RMSNorm"):
+            return int(m.weight.shape[0])
+    raise InterpError(f"cannot tell the width of {adapter.family}'s encoder")
+
+
+def _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component, command) -> dict:
+    import platform
+
+    import h5py
+    import nnsight
+    import transformers
+
+    from interp import __version__
+
+    return {
+        "model_path": str(Path(adapter.path).resolve()), "model_class": type(adapter.model).__name__,
+        "family": adapter.family, "config_hash": adapter.config_hash(), "component": component,
+        "positions": positions, "prompt": prompt or "", "batch_size": int(batch_size),
+        "n_model_layers": int(n_component_layers(adapter, component)),
+        "library_versions": {"interp": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                             "nnsight": nnsight.__version__, "h5py": h5py.__version__, "python": platform.python_version()},
+        "command": command or " ".join(sys.argv),
+        "layers_spec": names, "store_dtype": dtype,
+    }
+
+
+def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict]) -> StoreWriter:
+    import h5py
+
+    try:
+        with h5py.File(out, "r") as f:
+            have = dict(f.attrs)
+    except OSError as e:
+        raise InterpError(f"cannot open {out} to resume ({str(e).splitlines()[0]}); use --overwrite to start again") from None
+    if have.get("format") != "interp-activations":
+        raise InterpError(f"{out} is not an interp store; choose another --out or pass --overwrite")
+    for key in ("config_hash", "component", "positions", "store_dtype", "prompt"):
+        if str(have.get(key)) != str(attrs[key]):
+            raise InterpError(f"cannot resume {out}: its {key} is '{have.get(key)}' but this run's is '{attrs[key]}'; "
+                              f"use the same settings or --overwrite")
+    if have.get("layers") != __import__("json").dumps(list(attrs["layers_spec"])):
+        raise InterpError(f"cannot resume {out}: it holds layers {have.get('layers')}; use the same --layers or --overwrite")
+    attrs["batch_size"] = int(have["batch_size"])
+    writer = StoreWriter(out)
+    done = writer.ids()
+    if [str(r["id"]) for r in rows[:len(done)]] != done:
+        raise InterpError(f"cannot resume {out}: it was traced from a different manifest (ids differ); use --overwrite")
+    return writer
