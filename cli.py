@@ -35,6 +35,29 @@ def progress_bar():
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
 
 
+class LazyBar:
+    """A progress bar that appears only once work starts, so early errors print alone."""
+
+    def __init__(self, description: str, total: int):
+        self.description, self.total, self.bar, self.task = description, total, None, None
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is None:
+            self.bar = progress_bar()
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total)
+        self.bar.advance(self.task, n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if self.bar is not None:
+            if exc_type is not None:  # leave the error line alone on screen
+                self.bar.live.transient = True
+            self.bar.stop()
+
+
 @models_app.callback()
 def models_list(ctx: typer.Context):
     """List the supported model families."""
@@ -89,11 +112,10 @@ def trace_cmd(
         raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit)
     adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
-    with progress_bar() as bar:
-        task = bar.add_task("trace", total=len(rows))
+    with LazyBar("trace", len(rows)) as bar:
         summary = trace(adapter, rows, out, layers=layers, positions=positions, dtype=dtype, batch_size=batch_size,
                         resume=resume, overwrite=overwrite, prompt=prompt, component=component,
-                        command=" ".join(["interp"] + sys.argv[1:]), on_items_done=lambda n: bar.advance(task, n))
+                        command=" ".join(["interp"] + sys.argv[1:]), on_items_done=bar.advance)
     console.print(f"traced {summary.n_new} new item(s); store [bold]{summary.path}[/] holds {summary.n_items} items, "
                   f"{summary.n_rows} positions, layers {','.join(summary.layers)}")
     if summary.non_finite:
@@ -182,7 +204,14 @@ def compare_cmd(
 
 
 def main() -> None:
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         app()
     except InterpError as e:
         from rich.markup import escape

@@ -274,7 +274,7 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
         if out.is_dir():
             raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
         writer = StoreWriter.create(out, attrs, names, adapter.n_layers and _width(adapter, component), dtype)
-    if on_items_done and start:
+    if on_items_done:
         on_items_done(start)
 
     t0 = time.perf_counter()

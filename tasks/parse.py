@@ -154,7 +154,7 @@ class LabelParser:
             head = _strip_edges(text)
             pattern, labels = self._lead
             m = pattern.match(head)
-            if m and re.match(r"\s*(?:[,.;:!?-]|$)", head[m.end():]):
+            if m and re.match(r"\s*(?:[,.;:!?/-]|$)", head[m.end():]):
                 found.add(labels[m.lastgroup])
         pattern, labels = self._scan
         for m in pattern.finditer(text, start, end):

@@ -1,0 +1,173 @@
+"""Phi-4-Multimodal (`Phi4MultimodalForCausalLM`): a Conformer speech encoder whose output is
+projected (two linears) into a Phi-4-mini decoder at the positions of `<|audio|>` placeholders.
+
+Layout (transformers 5): `model.embed_tokens`, `model.layers[i]`, `model.norm`, `lm_head`; audio
+enters in `model.embed_tokens_extend.audio_embed` (encoder blocks at `.encoder.encoders`), which
+overwrites the embeddings at every position whose id is `config.audio_config.audio_token_id`
+(`Phi4MultimodalAudioEmbedding.forward`, `index_put` at `input_ids == audio_token_id`).
+
+One audio position = 80 ms: the feature extractor's hop is 160 samples (10 ms at 16 kHz,
+`Phi4MultimodalFeatureExtractor(hop_length=160)`), the encoder's `NemoConvSubsampling` reduces
+time by `audio_config.time_reduction` = 8 (three stride-2 convs), and the speech projector keeps
+every encoder frame (`downsample_rate` 1). The processor expands one `<|audio|>` into
+`audio_embed_sizes[i]` copies (`Phi4MultimodalProcessor.replace_audio_token`), with
+`audio_embed_sizes = ceil(((n_samples - 400) // 160 + 1) / 8)` (`_compute_audio_embed_size`).
+
+Real checkpoints: the config must be the transformers layout (`model_type` "phi4_multimodal");
+the original remote-code layout ("phi4mm") is a different class. Speech is served with a
+speech LoRA on the decoder, shipped in the checkpoint's `speech-lora/` folder. transformers 5
+does not apply it by itself (the model code has no LoRA); its documented recipe is
+`model.load_adapter(path, adapter_name="speech", adapter_kwargs={"subfolder": "speech-lora"})`
+then `model.set_adapter("speech")`, which needs `peft`. `load` does exactly that when the folder
+is there, so residuals are those of the model that answers speech prompts. The LoRA wraps the
+projections inside each block; the block, norm and head paths below do not change.
+
+The full `Phi4MultimodalProcessor` also carries an image processor that needs torchvision; only
+its audio half is used here (its feature extractor, its tokenizer and its placeholder rule).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.errors import InterpError
+from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask
+
+
+class Phi4AudioProcessor:
+    """The audio half of `Phi4MultimodalProcessor`: its feature extractor and tokenizer."""
+
+    def __init__(self, audio_processor, tokenizer):
+        self.audio_processor = audio_processor  #: Phi4MultimodalFeatureExtractor
+        self.tokenizer = tokenizer  #: the checkpoint's tokenizer, with `audio_token`
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        from transformers import AutoTokenizer, Phi4MultimodalFeatureExtractor
+
+        return cls(Phi4MultimodalFeatureExtractor.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)))
+
+    def save_pretrained(self, out):
+        self.audio_processor.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+class Phi4Multimodal(SpeechLM):
+    family = "phi4-mm"
+    description = "Phi-4-multimodal-instruct: Conformer speech encoder -> 2 linears -> Phi-4-mini (+ speech LoRA)"
+    model_types = ("phi4_multimodal",)
+    layers_path = "model.layers"
+    norm_path = "model.norm"
+    unembed_path = "lm_head"
+    embed_path = "model.embed_tokens"
+    encoder_layers_path = "model.embed_tokens_extend.audio_embed.encoder.encoders"
+    encoder_seconds_per_frame = 0.08  # encoder blocks run after the 8x time reduction
+    seconds_per_audio_position = 0.08
+
+    @classmethod
+    def model_class(cls):
+        from transformers import Phi4MultimodalForCausalLM
+
+        return Phi4MultimodalForCausalLM
+
+    @classmethod
+    def processor_class(cls):
+        return Phi4AudioProcessor
+
+    @classmethod
+    def load(cls, path, dtype=None, device: str = "cpu", device_map=None):
+        adapter = super().load(path, dtype=dtype, device=device, device_map=device_map)
+        if (Path(path) / "speech-lora" / "adapter_config.json").is_file():
+            try:
+                adapter.model.load_adapter(str(path), adapter_name="speech", adapter_kwargs={"subfolder": "speech-lora"})
+            except ImportError:
+                raise InterpError(f"{path} ships a speech LoRA (speech-lora/) that needs the peft package; "
+                                  "install it with: pip install peft") from None
+            adapter.model.set_adapter("speech")
+        else:
+            warnings.warn(f"{path} has no speech-lora/ folder: Phi-4-multimodal runs without its speech LoRA")
+        return adapter
+
+    @property
+    def audio_token(self) -> str:
+        tok = self.tokenizer
+        token = getattr(tok, "audio_token", None) or "<|audio|>"
+        want = self.model.config.audio_config.audio_token_id
+        if tok.convert_tokens_to_ids(token) != want:
+            raise InterpError(f"the tokenizer's audio token {token!r} is not id {want} (config.audio_config.audio_token_id)")
+        return token
+
+    def prompt_text(self, instruction: str) -> str:
+        # The model card's format: <|user|><|audio|>{instruction}<|end|><|assistant|>.
+        messages = [{"role": "user", "content": self.audio_token + instruction}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prepare(self, waveforms, instructions, padding_side="right") -> Batch:
+        waveforms, durations, truncated = self.truncate(waveforms)
+        feats = self.processor.audio_processor([np.asarray(w, dtype=np.float32) for w in waveforms],
+                                               sampling_rate=self.sampling_rate, return_tensors="pt")
+        counts = [int(n) for n in feats["audio_embed_sizes"]]
+        token = self.audio_token
+        # Phi4MultimodalProcessor.replace_audio_token: one placeholder -> audio_embed_sizes[i] copies.
+        texts = [self.prompt_text(t).replace(token, token * n, 1) for t, n in zip(instructions, counts)]
+        self.tokenizer.padding_side = padding_side
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = enc["input_ids"]
+        spans = spans_from_mask(ids == self.model.config.audio_config.audio_token_id, counts,
+                                self.seconds_per_audio_position, durations)
+        inputs = dict(enc) | dict(feats)
+        batch = Batch(inputs, ids, enc["attention_mask"], spans, durations, truncated)
+        return batch.to(self.device, self.dtype)
+
+    def encoder_inputs(self, batch: Batch):
+        # Phi4MultimodalAudioModel.forward(hidden_states, mask); its blocks see one frame per
+        # decoder audio position, padded to the longest item.
+        spans = []
+        for span, d in zip(batch.audio, batch.durations):
+            n = len(span.positions)
+            start, end = frame_times(n, self.encoder_seconds_per_frame, min(d, self.max_audio_seconds))
+            spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
+        return {"hidden_states": batch.inputs["audio_input_features"],
+                "mask": batch.inputs.get("audio_attention_mask")}, spans
+
+    @classmethod
+    def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
+                  encoder_d_model: int = 64) -> Path:
+        from transformers import Phi4MultimodalConfig, Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM
+
+        from interp.models.tiny import PHI, make_tokenizer
+
+        tok = make_tokenizer(["<|image|>", "<|audio|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+                             template=PHI, named_tokens={"image_token": "<|image|>", "audio_token": "<|audio|>"})
+        heads = max(2, d_model // 32)
+        config = Phi4MultimodalConfig(
+            vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
+            original_max_position_embeddings=4096, bos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+            eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")],
+            audio_config=dict(hidden_size=encoder_d_model, intermediate_size=2 * encoder_d_model,
+                              num_blocks=encoder_layers, num_attention_heads=4, ext_pw_out_channel=encoder_d_model,
+                              depthwise_separable_out_channel=encoder_d_model, nemo_conv_channels=32,
+                              audio_token_id=tok.audio_token_id),
+            # The vision tower is built whatever the input; keep it minimal.
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               image_token_id=tok.image_token_id),
+        )
+        torch.manual_seed(seed)
+        model = Phi4MultimodalForCausalLM(config).eval()
+        model.generation_config.pad_token_id = tok.pad_token_id
+        out = Path(out)
+        model.save_pretrained(out)
+        Phi4AudioProcessor(Phi4MultimodalFeatureExtractor(audio_compression_rate=config.audio_config.time_reduction),
+                           tok).save_pretrained(out)
+        return out
