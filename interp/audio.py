@@ -63,3 +63,34 @@ def write_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = 16000
 
     with atomic_path(path, suffix=".wav") as tmp:
         sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
+
+
+def extract_audio(src: str | os.PathLike, dst: str | os.PathLike, sample_rate: int = 16000) -> None:
+    """Extract a video container's audio track to a mono WAV at `sample_rate` with ffmpeg (atomic)."""
+    import subprocess
+
+    ffmpeg = require_ffmpeg(src, sample_rate)
+    with atomic_path(dst, suffix=".wav") as tmp:
+        proc = subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-vn", "-ac", "1",
+                               "-ar", str(sample_rate), "-c:a", "pcm_s16le", str(tmp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            why = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise InterpError(f"ffmpeg could not extract audio from {src}: {why}; check that the file has an audio track")
+
+
+def require_ffmpeg(video: str | os.PathLike, sample_rate: int = 16000) -> str:
+    """The ffmpeg executable, or InterpError saying how to convert `video`'s kind of clips by hand."""
+    import shutil
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        suffix = Path(video).suffix or ".mp4"
+        raise InterpError(
+            f"{Path(video).name} is a video container and ffmpeg is not on PATH; install ffmpeg, or convert the clips first, "
+            f"e.g. `for f in *{suffix}; do ffmpeg -i \"$f\" -ac 1 -ar {sample_rate} \"${{f%{suffix}}}.wav\"; done`, "
+            f"and point --audio-dir at the WAVs"
+        )
+    return ffmpeg

@@ -307,6 +307,31 @@ class ActivationStore:
 
     # ---- activations -----------------------------------------------------------------
 
+    def resolve_layers(self, spec: str | Sequence = "all") -> list[str]:
+        """Layer names for a `--layers` spec ('all', '0,4,8', 'embed,-1'), checked against the store.
+
+        'all' is every stored layer; negative indices count from the model's last block
+        (the `n_model_layers` attribute). Names come back in store order.
+        """
+        if spec is None or (isinstance(spec, str) and spec.strip() == "all"):
+            return list(self.layers)
+        from interp.trace import parse_layers
+
+        blocks = [int(x) for x in self.layers if x != "embed"]
+        n_model = int(self.attrs.get("n_model_layers") or (max(blocks) + 1 if blocks else 0))
+        try:
+            wanted = parse_layers(spec, max(n_model, 1))
+        except InterpError as e:
+            if "out of range" not in str(e):
+                raise
+            raise InterpError(f"{str(e).split(':')[0]} is not in the store {self.path.name}; it holds: "
+                              f"{', '.join(self.layers)}") from None
+        missing = [x for x in wanted if x not in self.layers]
+        if missing:
+            raise InterpError(f"layer(s) {', '.join(missing)} not in the store {self.path.name}; it holds: "
+                              f"{', '.join(self.layers)}")
+        return [x for x in self.layers if x in wanted]
+
     def _dataset(self, layer) -> h5py.Dataset:
         key = layer_key(layer)
         if key not in self.layers:

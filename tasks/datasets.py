@@ -391,3 +391,30 @@ def _is_manifest(path: Path) -> bool:
             return isinstance(first, dict) and ("transcript" in first or "text" in first or "task" in first) \
                 and not isinstance(first.get("question"), dict)
     return False
+
+
+def write_dataset(rows: list[dict], out: str | Path, sample_rate: int = 16000,
+                  on_item: Callable[[str], None] | None = None) -> Path:
+    """Write `rows` as the manifest `out`; clips in video containers (MELD, MUStARD ship MP4)
+    are first extracted with ffmpeg to WAVs in a folder beside it, `<out stem>_audio/`."""
+    from interp.audio import VIDEO_SUFFIXES, extract_audio, require_ffmpeg
+    from interp.manifest import write_manifest
+    from tasks.outputs import audio_names, staged_output
+
+    out = Path(out)
+    if out.is_dir():
+        raise InterpError(f"--out {out} is a folder; pass the manifest file to write, e.g. {out / 'manifest.jsonl'}")
+    rows = [dict(r) for r in rows]
+    videos = [r for r in rows if r.get("audio") and Path(r["audio"]).suffix.lower() in VIDEO_SUFFIXES]
+    if videos:
+        require_ffmpeg(videos[0]["audio"], sample_rate)  # before anything is written
+    names = audio_names([r["id"] for r in videos])
+    with staged_output(out.parent) as stage:
+        for row in videos:
+            wav = stage / f"{out.stem}_audio" / names[row["id"]]
+            extract_audio(row["audio"], wav, sample_rate)
+            row["source_audio"], row["audio"] = row["audio"], str(wav)
+            if on_item:
+                on_item(row["id"])
+        write_manifest(stage / out.name, rows)
+    return out

@@ -74,7 +74,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
-_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH = 1, 2, 3
+_PARAM_RATE = 1
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -113,15 +113,16 @@ class EspeakBackend:
     def check_voice(self, voice: str) -> None:
         if voice in self._checked:
             return
-        with self._engine() as lib:
-            status = lib.espeak_SetVoiceByName(voice.encode())
+        with self._engine() as engine:
+            status = engine.lib.espeak_SetVoiceByName(voice.encode())
         if status != 0:
             raise InterpError(f"unknown espeak voice {voice!r}; list voices with `interp data voices` (e.g. en-us, en-gb-x-rp, en-us+f3)")
         self._checked.add(voice)
 
     def voices(self) -> list[str]:
-        """Language voices espeak-ng knows; add a variant from `variants()` with '+'."""
-        with self._engine() as lib:
+        """Voice names espeak-ng accepts (one per language or accent); add a variant from `variants()` with '+'."""
+        with self._engine() as engine:
+            lib = engine.lib
             lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
             lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
             listed = lib.espeak_ListVoices(None)
@@ -129,9 +130,10 @@ class EspeakBackend:
             for i in range(10000):
                 if not listed[i]:
                     break
-                # `languages` is a priority byte followed by the language name.
-                raw = listed[i].contents.languages
-                names.append(raw[1:].decode("utf-8", "replace") if raw else listed[i].contents.name.decode())
+                # SetVoiceByName accepts the voice file's name ("gmw/en-GB-x-rp" -> "en-gb-x-rp").
+                identifier = listed[i].contents.identifier
+                if identifier:
+                    names.append(identifier.decode("utf-8", "replace").rsplit("/", 1)[-1].lower())
         return sorted(set(names))
 
     def variants(self) -> list[str]:
@@ -153,7 +155,8 @@ class EspeakBackend:
             return 0
 
         callback = _SYNTH_CALLBACK(collect)  # kept referenced until synthesis returns
-        with self._engine() as lib:
+        with self._engine() as engine:
+            lib = engine.lib
             lib.espeak_SetSynthCallback(callback)
             if lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise InterpError(f"unknown espeak voice {voice!r}; list voices with `interp data voices`")
@@ -162,9 +165,8 @@ class EspeakBackend:
             status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             if status != 0:
                 raise InterpError(f"espeak-ng failed to synthesise (status {status}); check the text: {str(text)[:60]!r}")
-            native = lib.native_rate
         wav = np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
-        return resample(wav, native, SAMPLE_RATE) if wav.size else wav
+        return resample(wav, engine.sample_rate, SAMPLE_RATE) if wav.size else wav
 
     def _engine(self):
         return _LoadedEspeak(self.library_path, self.data_path, self._lock)
@@ -189,9 +191,8 @@ class _LoadedEspeak:
             rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), _INITIALIZE_DONT_EXIT)
             if rate <= 0:
                 raise InterpError(f"espeak-ng failed to initialise with data at {self.data_path}; reinstall espeakng-loader")
-            lib.native_rate = rate
-            self.lib = lib
-            return lib
+            self.lib, self.sample_rate = lib, rate
+            return self
         except BaseException:
             self.lock.release()
             raise
@@ -202,7 +203,8 @@ class _LoadedEspeak:
             import _ctypes
 
             # Unloading resets espeak-ng's static state, so the next utterance starts afresh.
-            _ctypes.dlclose(self.lib._handle)
+            unload = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary")
+            unload(self.lib._handle)
         finally:
             self.lock.release()
 

@@ -101,8 +101,8 @@ class Phi4Multimodal(SpeechLM):
     @property
     def audio_token(self) -> str:
         tok = self.tokenizer
-        token = getattr(tok, "audio_token", None) or "<|audio|>"
         want = self.model.config.audio_config.audio_token_id
+        token = getattr(tok, "audio_token", None) or tok.convert_ids_to_tokens(want)
         if tok.convert_tokens_to_ids(token) != want:
             raise InterpError(f"the tokenizer's audio token {token!r} is not id {want} (config.audio_config.audio_token_id)")
         return token

@@ -64,7 +64,8 @@ class Voxtral(SpeechLM):
         return type(self.tokenizer).__name__ == "MistralCommonBackend"
 
     def prompt_text(self, instruction: str) -> str:
-        # Plain-tokenizer checkpoints only; mistral-common builds prompts from the audio itself.
+        if self._mistral_common:
+            raise InterpError("Voxtral's mistral-common tokenizer builds the prompt from the audio itself; use prepare()")
         conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
         return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 

@@ -116,11 +116,12 @@ class UltravoxModel(transformers.LlamaPreTrainedModel):
                 )
                 kwargs["position_ids"] = position_ids
 
+        if past_key_values is not None:  # (the real code always passes it; transformers 5 warns)
+            kwargs["past_key_values"] = past_key_values
         return self.language_model.forward(
             inputs_embeds=inputs_embeds,
             labels=labels,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             **kwargs,
         )
 

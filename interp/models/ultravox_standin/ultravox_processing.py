@@ -52,9 +52,9 @@ class UltravoxProcessor(transformers.ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs):
-        config = UltravoxConfig.from_pretrained(pretrained_model_name_or_path)
+        config = transformers.AutoConfig.from_pretrained(pretrained_model_name_or_path, **kwargs)
         audio_processor = transformers.WhisperFeatureExtractor.from_pretrained(pretrained_model_name_or_path)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained_model_name_or_path)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
         tokenizer.padding_side = "left"
         tokenizer.pad_token = tokenizer.eos_token
         return cls(audio_processor=audio_processor, tokenizer=tokenizer, stack_factor=config.stack_factor,

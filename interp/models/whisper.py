@@ -1,0 +1,158 @@
+"""Whisper (`WhisperForConditionalGeneration`): the paper's control model for probing and the
+ASR stage of every cascade.
+
+Whisper's audio lives in its encoder: 30 s windows of log-mel frames (10 ms hop; 80 mel
+bins in most checkpoints, 128 in large-v3, read from the checkpoint's feature extractor),
+a stride-2 convolution, so 1500 encoder frames of 20 ms. Probing uses the encoder
+(`encoder_layers_path`, via `encoder_inputs`; its `embed` is the input of encoder layer 0).
+
+The decoder is a text LM attending to the encoder through cross-attention, so the base
+contract's decoder residual stream holds no audio positions: `prepare` gives the
+transcription prompt `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>` as
+`decoder_input_ids`, every AudioSpan is empty, and the decoder layers, final norm and
+`proj_out` give a decoder-side logit lens.
+
+`transcribe` is the ASR of cascades: English transcription forced through
+`generate(language="en", task="transcribe")`; audio longer than 30 s is cut into
+consecutive 30 s windows whose transcripts are joined with spaces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times
+
+PROMPT_TOKENS = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+
+
+class Whisper(SpeechLM):
+    family = "whisper"
+    description = "Whisper (control model for encoder probing; ASR of cascades)"
+    model_types = ("whisper",)
+    layers_path = "model.decoder.layers"
+    norm_path = "model.decoder.layer_norm"
+    unembed_path = "proj_out"
+    embed_path = "model.decoder.embed_tokens"
+    encoder_layers_path = "model.encoder.layers"
+    encoder_seconds_per_frame = 0.02
+    seconds_per_audio_position = 0.02  # encoder frames; the decoder stream holds no audio
+    max_audio_seconds = 30.0
+
+    @classmethod
+    def model_class(cls):
+        from transformers import WhisperForConditionalGeneration
+
+        return WhisperForConditionalGeneration
+
+    @property
+    def feature_extractor(self):
+        return self.processor.feature_extractor
+
+    def prompt_ids(self) -> list[int]:
+        """The transcription prompt (no instruction: Whisper takes none)."""
+        ids = self.tokenizer.convert_tokens_to_ids(list(PROMPT_TOKENS))
+        unknown = [t for t, i in zip(PROMPT_TOKENS, ids) if i is None or i == self.tokenizer.unk_token_id]
+        if unknown:
+            raise RuntimeError(f"the Whisper tokenizer at {self.path} lacks {', '.join(unknown)}")
+        return ids
+
+    def prompt_text(self, instruction: str) -> str:
+        return "".join(PROMPT_TOKENS)
+
+    def _features(self, waveforms) -> torch.Tensor:
+        # Padded to the 30 s window: the encoder takes exactly max_source_positions * 2 frames.
+        return self.feature_extractor([np.asarray(w, dtype=np.float32) for w in waveforms],
+                                      sampling_rate=self.sampling_rate, return_tensors="pt").input_features
+
+    def prepare(self, waveforms, instructions, padding_side: str = "right") -> Batch:
+        """Encoder features and the decoder's transcription prompt; instructions are ignored and
+        every item's prompt has the same length, so `padding_side` changes nothing."""
+        waveforms, durations, truncated = self.truncate(waveforms)
+        ids = torch.tensor([self.prompt_ids()] * len(waveforms), dtype=torch.long)
+        mask = torch.ones_like(ids)
+        inputs = {"input_features": self._features(waveforms), "decoder_input_ids": ids,
+                  "decoder_attention_mask": mask}
+        empty = [AudioSpan(np.zeros(0, np.int64), np.zeros(0), np.zeros(0)) for _ in waveforms]
+        return Batch(inputs, ids, mask, empty, durations, truncated).to(self.device, self.dtype)
+
+    def encoder_inputs(self, batch: Batch):
+        # 1500 encoder frames per 30 s window; frames starting after the audio ends are
+        # padding and are not recorded.
+        feats = batch.inputs["input_features"]
+        n_frames = self.model.config.max_source_positions
+        spans = []
+        for d in batch.durations:
+            d = min(d, self.max_audio_seconds)
+            n = min(n_frames, int(np.ceil(round(d / self.encoder_seconds_per_frame, 6))))
+            start, end = frame_times(n, self.encoder_seconds_per_frame, d)
+            spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
+        return {"input_features": feats}, spans
+
+    # ---- ASR -------------------------------------------------------------------------
+
+    def transcribe(self, waveforms: Sequence[np.ndarray], batch_size: int = 8, max_new_tokens: int | None = None) -> list[str]:
+        """English transcripts of 16 kHz mono waveforms, one string per input."""
+        window = int(self.max_audio_seconds * self.sampling_rate)
+        windows, owner = [], []
+        for i, w in enumerate(waveforms):
+            w = np.asarray(w, dtype=np.float32)
+            for start in range(0, max(len(w), 1), window):
+                windows.append(w[start:start + window])
+                owner.append(i)
+        texts: list[list[str]] = [[] for _ in waveforms]
+        kwargs = {"language": "en", "task": "transcribe"}
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
+        for b in range(0, len(windows), batch_size):
+            chunk = windows[b:b + batch_size]
+            feats = self._features(chunk).to(self.device, self.dtype)
+            with torch.no_grad():
+                out = self.model.generate(feats, **kwargs)
+            out = getattr(out, "sequences", out)
+            for i, text in zip(owner[b:b + batch_size], self.tokenizer.batch_decode(out, skip_special_tokens=True)):
+                texts[i].append(text.strip())
+        return [" ".join(t for t in parts if t) for parts in texts]
+
+    # ---- tiny checkpoint -------------------------------------------------------------
+
+    @classmethod
+    def make_tiny(cls, out, seed: int = 0, d_model: int = 32, encoder_layers: int = 2, decoder_layers: int = 2,
+                  num_mel_bins: int = 80) -> Path:
+        """A tiny `WhisperForConditionalGeneration` with a `WhisperProcessor` and a generation
+        config that lets `generate(language=..., task=...)` run, all loadable offline."""
+        from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                                  WhisperForConditionalGeneration, WhisperProcessor)
+
+        from interp.models.tiny import WHISPER_SPECIALS, make_whisper_tokenizer
+
+        tok = make_whisper_tokenizer()
+        ids = dict(zip(WHISPER_SPECIALS, tok.convert_tokens_to_ids(WHISPER_SPECIALS)))
+        eos = ids["<|endoftext|>"]
+        config = WhisperConfig(
+            vocab_size=len(tok), num_mel_bins=num_mel_bins, d_model=d_model, encoder_layers=encoder_layers,
+            decoder_layers=decoder_layers, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_source_positions=1500,
+            max_target_positions=64, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+            decoder_start_token_id=ids["<|startoftranscript|>"], suppress_tokens=None, begin_suppress_tokens=None,
+        )
+        torch.manual_seed(seed)
+        model = WhisperForConditionalGeneration(config).eval()
+        langs = [t for t in WHISPER_SPECIALS if len(t) == 6]  # <|en|>, <|de|>, ...
+        # A generation config of its own (not derived from the model config, which would drop
+        # the Whisper-specific fields on reload), laid out like the released ones.
+        model.generation_config = GenerationConfig(
+            decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+            max_length=24, is_multilingual=True, lang_to_id={t: ids[t] for t in langs},
+            task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+            no_timestamps_token_id=ids["<|notimestamps|>"], forced_decoder_ids=None, suppress_tokens=[],
+            begin_suppress_tokens=[eos], prev_sot_token_id=ids["<|startofprev|>"],
+        )
+        out = Path(out)
+        model.save_pretrained(out)
+        WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=num_mel_bins), tokenizer=tok).save_pretrained(out)
+        return out

@@ -1,0 +1,262 @@
+"""The Ultravox adapter on tiny checkpoints that load through `trust_remote_code`, like the
+released ones, with the test stand-in of Ultravox's code (interp/models/ultravox_standin)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from interp.models import detect_family, load_model
+from interp.models.ultravox import Ultravox
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    cache = {}
+
+    def build(api: str = "v0.5"):
+        if api not in cache:
+            cache[api] = Ultravox.make_tiny(tmp_path_factory.mktemp(f"ultravox-{api}"), seed=0, api=api)
+        return cache[api]
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_dirs):
+    cache = {}
+
+    def load(api: str = "v0.5"):
+        if api not in cache:
+            cache[api] = load_model(tiny_dirs(api), device="cpu")
+        return cache[api]
+
+    return load
+
+
+def _waves(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(s * SR))).astype(np.float32) for s in seconds]
+
+
+def _forward(adapter, batch):
+    """hidden_states[0] (the embeddings the decoder sees), logits and the raw last block output."""
+    captured = {}
+    handle = adapter.layers[-1].register_forward_hook(
+        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            out = adapter.model(**batch.inputs, output_hidden_states=True)
+    finally:
+        handle.remove()
+    return out.hidden_states, out.logits, captured["last"]
+
+
+def _audio_embeddings(adapter, batch):
+    """The projected audio, computed independently of the model's forward: one row per encoder window."""
+    inputs = batch.inputs
+    model = adapter.model
+    kwargs = {}
+    if "audio_lens" in inputs:
+        kwargs["audio_len"] = inputs["audio_lens"]
+    elif "audio_len" in inputs and "audio_token_start_idx" in inputs:
+        kwargs["audio_len"] = inputs["audio_len"]
+    with torch.no_grad():
+        encoded = model.audio_tower(inputs["audio_values"], **kwargs).last_hidden_state
+        return model.multi_modal_projector(encoded)
+
+
+def test_checkpoint_ships_its_code_and_loads_as_remote_code(tiny_dirs, adapters):
+    folder = tiny_dirs()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "ultravox"
+    assert config["auto_map"]["AutoModel"] == "ultravox_model.UltravoxModel"
+    for name in ("ultravox_config.py", "ultravox_model.py", "ultravox_processing.py"):
+        assert (folder / name).is_file()
+    assert detect_family(folder) is Ultravox
+    adapter = adapters()
+    assert isinstance(adapter, Ultravox)
+    # the classes come from the checkpoint folder's code, as with a real checkpoint
+    assert type(adapter.model).__module__.startswith("transformers_modules.")
+    assert type(adapter.processor).__module__.startswith("transformers_modules.")
+    assert type(adapter.model).__name__ == "UltravoxModel"
+
+
+def test_module_paths_resolve(adapters):
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+
+    adapter = adapters()
+    model = adapter.model
+    assert isinstance(model.language_model, LlamaForCausalLM)
+    assert adapter.n_layers == 4 and all(isinstance(layer, LlamaDecoderLayer) for layer in adapter.layers)
+    assert adapter.layers is model.language_model.model.layers
+    assert isinstance(adapter.final_norm, LlamaRMSNorm) and adapter.final_norm is model.language_model.model.norm
+    assert adapter.unembed is model.language_model.lm_head
+    assert adapter.module(adapter.embed_path) is model.language_model.get_input_embeddings()
+    assert adapter.encoder_layers is model.audio_tower.layers and len(adapter.encoder_layers) == 2
+    assert adapter.d_model == 64
+    assert adapter.envoy(adapter.layers_path + ".3") is not None
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_audio_lands_exactly_at_the_audio_spans(adapters, side):
+    adapter = adapters()
+    waves = _waves([1.3, 2.9])
+    batch = adapter.prepare(waves, ["Hi", "What is said?"], padding_side=side)
+    hs, _, _ = _forward(adapter, batch)
+    embeds = _audio_embeddings(adapter, batch)
+    token_embeds = adapter.module(adapter.embed_path)(batch.token_ids)
+    width = batch.token_ids.shape[1]
+    for i, span in enumerate(batch.audio):
+        pos = torch.from_numpy(span.positions)
+        assert len(pos) == math.ceil(math.ceil(len(waves[i]) / 160) / 16)
+        assert torch.equal(pos, torch.arange(int(pos[0]), int(pos[0]) + len(pos)))
+        torch.testing.assert_close(hs[0][i, pos], embeds[i, :len(pos)], rtol=0, atol=0)
+        text = torch.ones(width, dtype=torch.bool)
+        text[pos] = False
+        torch.testing.assert_close(hs[0][i, text], token_embeds[i, text], rtol=0, atol=0)
+        real = batch.attention_mask[i].bool()
+        assert real[pos].all()
+        # padding is on the requested side
+        assert bool(real[0] if side == "right" else real[-1])
+    assert not bool(batch.attention_mask[0, -1] if side == "right" else batch.attention_mask[0, 0])
+    # changing one item's audio changes its embeddings exactly at its audio positions
+    other = adapter.prepare([_waves([1.3], seed=7)[0], waves[1]], ["Hi", "What is said?"], padding_side=side)
+    hs2, _, _ = _forward(adapter, other)
+    changed = (hs[0] != hs2[0]).any(-1)
+    np.testing.assert_array_equal(np.flatnonzero(changed[0].numpy()), batch.audio[0].positions)
+    assert not changed[1].any()
+
+
+def test_left_padding_shifts_the_start_index(adapters):
+    adapter = adapters()
+    waves = _waves([0.7, 2.5])
+    right = adapter.prepare(waves, ["Hi", "Hi there, what is said?"], padding_side="right")
+    left = adapter.prepare(waves, ["Hi", "Hi there, what is said?"], padding_side="left")
+    width = right.token_ids.shape[1]
+    for i in range(2):
+        pad = width - int(right.attention_mask[i].sum())
+        np.testing.assert_array_equal(left.audio[i].positions, right.audio[i].positions + pad)
+        np.testing.assert_array_equal(left.audio[i].time_end, right.audio[i].time_end)
+    assert (left.inputs["audio_token_start_idx"] != right.inputs["audio_token_start_idx"]).any()
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 1.37, 2.9, 7.77])
+def test_position_counts_and_times_match_the_time_math(adapters, seconds):
+    adapter = adapters()
+    batch = adapter.prepare(_waves([seconds]), ["Hi"])
+    span = batch.audio[0]
+    mel_frames = math.ceil(int(seconds * SR) / 160)  # 10 ms hop, padded to whole hops
+    n = math.ceil(mel_frames / 16)  # 2 mel frames per encoder frame, 8 encoder frames per position
+    assert len(span.positions) == n == int(batch.inputs["audio_token_len"][0])
+    assert (n - 1) * 0.16 < seconds <= n * 0.16 + 1e-9
+    np.testing.assert_allclose(span.time_start, np.arange(n) * 0.16)
+    np.testing.assert_allclose(span.time_end[:-1], (np.arange(n - 1) + 1) * 0.16)
+    assert span.time_end[-1] == pytest.approx(int(seconds * SR) / SR)
+
+
+def test_audio_longer_than_30s_is_chunked_not_truncated(adapters):
+    adapter = adapters()
+    waves = _waves([35.0, 1.0])
+    batch = adapter.prepare(waves, ["Hi", "Hi"])
+    assert batch.truncated == [False, False]
+    assert batch.inputs["audio_batch_size"].tolist() == [2, 1]
+    span = batch.audio[0]
+    assert len(span.positions) == 188 + 32  # ceil(3000 / 16) + ceil(500 / 16)
+    assert np.all(np.diff(span.positions) == 1)
+    assert span.time_end[187] == pytest.approx(30.0) and span.time_start[188] == pytest.approx(30.0)
+    assert span.time_end[-1] == pytest.approx(35.0)
+    hs, _, _ = _forward(adapter, batch)
+    embeds = _audio_embeddings(adapter, batch)
+    pos = torch.from_numpy(span.positions)
+    torch.testing.assert_close(hs[0][0, pos[:188]], embeds[0, :188], rtol=0, atol=0)
+    torch.testing.assert_close(hs[0][0, pos[188:]], embeds[1, :32], rtol=0, atol=0)
+    torch.testing.assert_close(hs[0][1, torch.from_numpy(batch.audio[1].positions)], embeds[2, :7], rtol=0, atol=0)
+
+
+def test_final_norm_and_unembed_of_last_block_give_the_logits(adapters):
+    adapter = adapters()
+    batch = adapter.prepare(_waves([1.1, 2.0]), ["Hi", "What is said?"])
+    hs, logits, last = _forward(adapter, batch)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.unembed(adapter.final_norm(last)), logits, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(adapter.final_norm(last), hs[-1], rtol=0, atol=0)
+
+
+def test_padded_batch_equals_batch_of_one(adapters, monkeypatch):
+    adapter = adapters()
+    # 1.37 s: 137 mel frames, 69 encoder frames, so its last audio position holds 5 real frames
+    waves = _waves([1.37, 2.9])
+    alone = adapter.prepare(waves[:1], ["Hi"])
+    hs_alone, _, _ = _forward(adapter, alone)
+    n = int(alone.attention_mask[0].sum())
+    together = adapter.prepare(waves, ["Hi", "What is said?"])
+    hs_together, _, _ = _forward(adapter, together)
+    np.testing.assert_array_equal(alone.audio[0].positions, together.audio[0].positions)
+    for a, b in zip(hs_alone, hs_together):
+        torch.testing.assert_close(a[0, :n], b[0, :n], rtol=1e-5, atol=1e-5)
+    # The real collator pads mel frames to the longest item only: alone, the last audio
+    # position of this item mixes in zeros; in a batch, encoder outputs of padding frames.
+    # That is what the adapter's padding to whole audio positions avoids.
+    monkeypatch.setattr(Ultravox, "batch_invariant_audio", False)
+    hs_real_alone, _, _ = _forward(adapter, adapter.prepare(waves[:1], ["Hi"]))
+    hs_real, _, _ = _forward(adapter, adapter.prepare(waves, ["Hi", "What is said?"]))
+    last = int(together.audio[0].positions[-1])
+    assert not torch.allclose(hs_real_alone[0][0, last], hs_real[0][0, last], atol=1e-3)
+    torch.testing.assert_close(hs_real_alone[0][0, :last], hs_real[0][0, :last], rtol=0, atol=0)
+
+
+def test_encoder_frames_cover_the_audio(adapters):
+    adapter = adapters()
+    waves = _waves([1.0, 2.55])
+    batch = adapter.prepare(waves, ["Hi", "Hi"])
+    kwargs, spans = adapter.encoder_inputs(batch)
+    with torch.no_grad():
+        frames = adapter.model.audio_tower(**kwargs).last_hidden_state
+    for w, span in zip(waves, spans):
+        d = len(w) / SR
+        assert len(span.positions) == math.ceil(d / 0.02) <= frames.shape[1]
+        assert span.time_start[-1] < d and span.time_end[-1] == pytest.approx(d)
+
+
+@pytest.mark.parametrize("api,keys", [
+    ("v0.4", {"audio_values", "audio_token_start_idx", "audio_token_len", "audio_len"}),
+    ("insert", {"audio_values", "audio_start_idx", "audio_len"}),
+])
+def test_other_generations_of_ultravox_code(adapters, api, keys, recwarn):
+    """Older released code (v0.4) and the insertion branch: the adapter follows each one's kwargs."""
+    adapter = adapters(api)
+    waves = _waves([1.3, 2.9])
+    for side in ("right", "left"):
+        batch = adapter.prepare(waves, ["Hi", "What is said?"], padding_side=side)
+        assert keys <= set(batch.inputs) and "audio_batch_size" not in batch.inputs
+        hs, logits, last = _forward(adapter, batch)
+        assert hs[0].shape[1] == batch.token_ids.shape[1] == logits.shape[1]
+        embeds = _audio_embeddings(adapter, batch)
+        token_embeds = adapter.module(adapter.embed_path)(batch.token_ids)
+        for i, span in enumerate(batch.audio):
+            pos = torch.from_numpy(span.positions)
+            torch.testing.assert_close(hs[0][i, pos], embeds[i, :len(pos)], rtol=0, atol=0)
+            real = batch.attention_mask[i].bool().clone()
+            real[pos] = False
+            torch.testing.assert_close(hs[0][i, real], token_embeds[i, real], rtol=0, atol=0)
+        if api == "v0.4":  # ceil(round(samples / 320) / 8)
+            assert [len(s.positions) for s in batch.audio] == [math.ceil(round(len(w) / 320) / 8) for w in waves]
+        if api == "insert":  # rows are right-padded after insertion, whatever was asked
+            assert bool(batch.attention_mask[0, 0]) and not bool(batch.attention_mask[0, -1])
+    if api == "insert":
+        assert any("right padding" in str(w.message) for w in recwarn)
+
+
+def test_prompt_holds_the_audio_placeholder_in_a_chat_turn(adapters):
+    adapter = adapters()
+    text = adapter.prompt_text("What is said?")
+    assert text.count("<|audio|>") == 1 and text.index("What is said?") < text.index("<|audio|>")
+    assert text.startswith("<|begin_of_text|>") and text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
