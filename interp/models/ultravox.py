@@ -64,13 +64,14 @@ class Ultravox(SpeechLM):
     seconds_per_audio_position = 0.16
     trust_remote_code = True
     #: Pad each item's mel frames to whole audio positions (16 frames) before batching.
-    #: The projector stacks 8 encoder frames, so an item whose frames do not fill its last
-    #: audio position gets the encoder's outputs at padding frames mixed into it, and in the
-    #: real collator (pad to the longest item) those depend on the other items: the same
-    #: utterance gives different activations in different batches. Padding to whole
-    #: positions makes the mixed-in frames the same in every batch (batch == batch of one),
-    #: at the price of a last audio position that differs from an unbatched reference run,
-    #: which mixes in zeros. False reproduces the real collator exactly.
+    #: With the real collator (pad to the longest item) what an item's encoder sees past its
+    #: end depends on the batch: Whisper's stride-2 convolution reads one frame past an
+    #: odd-length input, and the projector stacks 8 encoder frames, so a last audio position
+    #: that is not full mixes in encoder outputs of padding frames. The same utterance then
+    #: gives different activations alone and in a batch. Padded to whole positions, every
+    #: item sees the same past its end in any batch (batch == batch of one), at the price of
+    #: small differences from an unbatched run of the real pipeline, which pads nothing.
+    #: False reproduces the real collator exactly.
     batch_invariant_audio: ClassVar[bool] = True
 
     @classmethod

@@ -1,0 +1,199 @@
+"""Interventions on the residual stream: where (layers, positions) and what (a function).
+
+An intervention is a small object: `layers` it acts on, the `positions` it touches
+("audio", "text", "generated", "all", or explicit sequence indices) and an `edit` that maps
+the selected residual rows to new rows. `interp.run` applies a list of them inside one
+nnsight trace, to a forward pass or to every step of `generate` (the prefill and each new
+token), so they compose: at each layer the interventions listed for it run in list order.
+
+Positions are resolved per item of a padded batch from the adapter's audio spans, so
+"audio" touches exactly each item's audio positions. During generation, step 0 is the
+prompt (audio and text positions); every later step is one generated position per item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from interp.errors import InterpError
+
+POSITIONS = ("audio", "text", "generated", "all")
+
+
+@dataclass
+class StepContext:
+    """What an intervention needs to know about the current forward pass."""
+
+    step: int  #: 0 for the prompt (or a plain forward), k for the k-th generated token
+    masks: dict[str, torch.Tensor]  #: position kind -> (batch, seq) bool mask for this step
+
+
+def position_masks(batch, step: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """Boolean (batch, seq) masks of audio, text, generated and all (non-padding) positions."""
+    n = len(batch)
+    device = batch.attention_mask.device
+    if step == 0:
+        real = batch.attention_mask.bool()[:, :seq_len]
+        audio = torch.zeros_like(real)
+        for i, span in enumerate(batch.audio):
+            audio[i, torch.as_tensor(span.positions, device=device)] = True
+        return {"audio": audio, "text": real & ~audio, "generated": torch.zeros_like(real), "all": real}
+    ones = torch.ones(n, seq_len, dtype=torch.bool, device=device)
+    zeros = torch.zeros_like(ones)
+    return {"audio": zeros, "text": zeros, "generated": ones, "all": ones}
+
+
+@dataclass
+class Intervention:
+    """Base class: subclasses implement `edit(rows, layer, ctx) -> rows` on (n, d_model) rows."""
+
+    layers: Sequence[int | str]
+    positions: str | Sequence[int] = "audio"
+
+    def __post_init__(self):
+        if isinstance(self.positions, str) and self.positions not in POSITIONS:
+            raise InterpError(f"unknown positions '{self.positions}'; use one of {', '.join(POSITIONS)} or explicit indices")
+        self.layers = [int(l) for l in self.layers]
+
+    def mask(self, ctx: StepContext, shape: tuple[int, int]) -> torch.Tensor:
+        if isinstance(self.positions, str):
+            return ctx.masks[self.positions]
+        m = torch.zeros(shape, dtype=torch.bool, device=ctx.masks["all"].device)
+        if ctx.step == 0:
+            idx = torch.as_tensor([p for p in self.positions if p < shape[1]], dtype=torch.long)
+            m[:, idx] = True
+        return m
+
+    def edit(self, rows: torch.Tensor, layer: int, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, adapter) -> None:
+        """Raise InterpError if this intervention cannot apply to `adapter`."""
+        n = adapter.n_layers
+        bad = [l for l in self.layers if not -n <= l < n]
+        if bad:
+            raise InterpError(f"layer {bad[0]} is out of range: the model has {n} blocks (0-{n - 1})")
+        self.layers = [l % n for l in self.layers]
+
+    def apply(self, hidden: torch.Tensor, layer: int, ctx: StepContext) -> torch.Tensor:
+        """Return `hidden` (batch, seq, d) with the selected rows edited (out of place)."""
+        m = self.mask(ctx, hidden.shape[:2])
+        if not bool(m.any()):
+            return hidden
+        out = hidden.clone()
+        out[m] = self.edit(hidden[m], layer, ctx).to(hidden.dtype)
+        return out
+
+
+@dataclass
+class Record(Intervention):
+    """Keep the selected rows (a copy) per layer and step in `self.saved`, or hand them to `sink`."""
+
+    sink: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None
+    saved: dict = field(default_factory=dict)
+
+    def apply(self, hidden, layer, ctx):
+        m = self.mask(ctx, hidden.shape[:2])
+        rows = hidden[m].detach().to("cpu", torch.float32)
+        if self.sink is not None:
+            self.sink(layer, ctx.step, rows, m.cpu())
+        else:
+            self.saved.setdefault(layer, []).append((ctx.step, m.cpu(), rows))
+        return hidden
+
+
+@dataclass
+class Zero(Intervention):
+    """Set the selected residual rows to zero."""
+
+    def edit(self, rows, layer, ctx):
+        return torch.zeros_like(rows)
+
+
+@dataclass
+class MeanAblate(Intervention):
+    """Replace the selected rows by a fixed mean vector per layer (e.g. from a store)."""
+
+    means: dict = field(default_factory=dict)  #: layer -> (d_model,) tensor
+
+    def edit(self, rows, layer, ctx):
+        return self.means[layer].to(rows.device, rows.dtype).expand_as(rows)
+
+
+@dataclass
+class Steer(Intervention):
+    """Add alpha x vector to the selected rows."""
+
+    vector: torch.Tensor | None = None
+    alpha: float = 1.0
+
+    def edit(self, rows, layer, ctx):
+        return rows + self.alpha * self.vector.to(rows.device, rows.dtype)
+
+
+@dataclass
+class Ablate(Intervention):
+    """Project out a subspace: given directions (k, d), or a seeded random one of rank k.
+
+    With `rank` and no `directions`, the subspace is drawn at `check` time as the span of
+    k Gaussian vectors (the random control for erasure experiments).
+    """
+
+    directions: torch.Tensor | None = None
+    rank: int | None = None
+    seed: int = 0
+
+    def check(self, adapter):
+        super().check(adapter)
+        if self.directions is None:
+            if not self.rank:
+                raise InterpError("Ablate needs directions or a rank for a random subspace")
+            g = torch.Generator().manual_seed(self.seed)
+            self.directions = torch.randn(self.rank, adapter.d_model, generator=g, dtype=torch.float64)
+        if self.directions.shape[-1] != adapter.d_model:
+            raise InterpError(f"ablation directions have width {self.directions.shape[-1]} but the model's d_model is {adapter.d_model}")
+        q, _ = torch.linalg.qr(self.directions.to(torch.float64).T)
+        self._basis = q  # (d, k) orthonormal
+
+    def edit(self, rows, layer, ctx):
+        q = self._basis.to(rows.device)
+        x = rows.to(torch.float64)
+        return (x - (x @ q) @ q.T).to(rows.dtype)
+
+
+@dataclass
+class Patch(Intervention):
+    """Overwrite the selected rows with activations taken from another run or a store.
+
+    `source[layer]` is either a (batch, seq, d) tensor aligned with this batch (another
+    run's residuals, e.g. from `interp.trace.record`) or a callable (rows, layer, ctx) -> rows.
+    """
+
+    source: dict = field(default_factory=dict)
+
+    def apply(self, hidden, layer, ctx):
+        src = self.source[layer]
+        if callable(src):
+            return super().apply(hidden, layer, ctx)
+        if ctx.step != 0:
+            return hidden
+        m = self.mask(ctx, hidden.shape[:2])
+        out = hidden.clone()
+        out[m] = src.to(hidden.device, hidden.dtype)[m]
+        return out
+
+    def edit(self, rows, layer, ctx):
+        return self.source[layer](rows, layer, ctx)
+
+
+@dataclass
+class Edit(Intervention):
+    """Any function of the selected rows: `fn(rows, layer) -> rows`."""
+
+    fn: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+
+    def edit(self, rows, layer, ctx):
+        return self.fn(rows, layer)

@@ -1,0 +1,108 @@
+"""Run a speech LLM on a prepared batch, with interventions, for one forward pass or a whole
+generation: `interp.run(adapter, batch, interventions=[...], generate=True)`.
+
+With no interventions it is a plain forward / `generate` call. With interventions it is one
+nnsight trace whose body visits the decoder blocks in order and lets each intervention
+rewrite its layer's output; under generation the body runs for every step (`tracer.all()`),
+the prompt pass and each new token alike. Generated ids are collected with a streamer, so
+they come back even though the step loop is open-ended.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from interp.interventions import Intervention, StepContext, position_masks
+from interp.models.base import Batch, SpeechLM
+
+
+@dataclass
+class RunResult:
+    logits: torch.Tensor | None  #: (batch, seq, vocab) of a forward pass
+    sequences: torch.Tensor | None  #: (batch, prompt + new) ids of a generation
+    new_tokens: torch.Tensor | None  #: (batch, new) ids generated after the prompt
+    prompt_length: int
+
+
+class _Collect(BaseStreamer):
+    """Collects the ids `generate` streams: the prompt first, then one column per step."""
+
+    def __init__(self):
+        self.chunks: list[torch.Tensor] = []
+
+    def put(self, value):
+        value = value.detach().cpu()
+        self.chunks.append(value if value.dim() == 2 else value[:, None])
+
+    def end(self):
+        pass
+
+
+def _set_output(envoy, hidden):
+    out = envoy.output
+    if isinstance(out, tuple):
+        envoy.output = (hidden,) + tuple(out[1:])
+    else:
+        envoy.output = hidden
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _apply_all(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention], step: int):
+    blocks = adapter.envoy(adapter.layers_path)
+    by_layer: dict[int, list[Intervention]] = {}
+    for iv in interventions:
+        for layer in iv.layers:
+            by_layer.setdefault(layer, []).append(iv)
+    ctx = None
+    for layer in sorted(by_layer):
+        hidden = _hidden(blocks[layer].output)
+        if ctx is None:
+            ctx = StepContext(step, position_masks(batch, step, hidden.shape[1]))
+        new = hidden
+        for iv in by_layer[layer]:
+            new = iv.apply(new, layer, ctx)
+        if new is not hidden:
+            _set_output(blocks[layer], new)
+
+
+def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] = (), generate: bool = False,
+        max_new_tokens: int = 32, **generate_kwargs) -> RunResult:
+    """Forward pass (logits) or greedy generation (ids) with the interventions applied."""
+    for iv in interventions:
+        iv.check(adapter)
+    prompt_length = int(batch.token_ids.shape[1])
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
+    if generate:
+        tok = adapter.tokenizer
+        gen_kwargs.setdefault("pad_token_id", tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    with torch.no_grad():
+        if not interventions:
+            if generate:
+                seq = adapter.model.generate(**batch.inputs, **gen_kwargs).cpu()
+                return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
+            return RunResult(adapter.model(**batch.inputs).logits, None, None, prompt_length)
+        root = adapter.nnsight
+        if not generate:
+            with root.trace(**batch.inputs):
+                _apply_all(adapter, batch, interventions, 0)
+                logits = root.output.logits.save()
+            return RunResult(logits, None, None, prompt_length)
+        collect = _Collect()
+        with warnings.catch_warnings():
+            # the open step loop ends when generation stops, which nnsight reports as a warning
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            with root.trace(**batch.inputs, fn=adapter.model.generate, streamer=collect, **gen_kwargs) as tracer:
+                step = 0
+                for _ in tracer.all():
+                    _apply_all(adapter, batch, interventions, step)
+                    step += 1
+        seq = torch.cat(collect.chunks, dim=1)
+        return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
