@@ -86,6 +86,17 @@ def models_make_tiny(family: str = typer.Argument(..., help="model family, see `
     console.print(f"wrote tiny {family} checkpoint to [bold]{path}[/]")
 
 
+@models_app.command("extract-llm")
+def models_extract_llm(model: Path = typer.Argument(..., help="speech-LLM checkpoint folder"),
+                       out: Path = typer.Option(..., "--out", help="folder for the causal-LM checkpoint")):
+    """Save a speech LLM's own text decoder as a causal-LM checkpoint (the matched backbone)."""
+    from interp.models import load_model
+    from interp.models.backbone import extract_language_model
+
+    path = extract_language_model(load_model(model, device="cpu"), out)
+    console.print(f"wrote the language model of {model} to [bold]{path}[/]")
+
+
 @app.command("trace")
 def trace_cmd(
     model: Path = typer.Argument(..., help="local checkpoint folder"),
@@ -279,6 +290,125 @@ def data_templates(
 # ---- run / cascade / compare: commands are added after this line ----
 
 
+def print_accuracy(preds: list) -> None:
+    """Accuracy per system/task/SNR with Wilson intervals and the unparsed count."""
+    from rich.table import Table
+
+    from cascades.runner import accuracy_table
+
+    table = Table("system", "task", "snr_db", "n", "accuracy [95% CI]", "unparsed")
+    for r in accuracy_table(preds):
+        table.add_row(r["system"], r["task"], "clean" if r["snr_db"] is None else f"{r['snr_db']:g}", str(r["n"]),
+                      f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", str(r["unparsed"]))
+    Console().print(table)
+
+
+@app.command("run")
+def run_cmd(
+    model: Path = typer.Argument(..., help="local speech-LLM checkpoint folder"),
+    data: Path = typer.Option(..., "--data", help="manifest with task, label and audio per item"),
+    out: Path = typer.Option(..., "--out", help="predictions file to write (.jsonl)"),
+    batch_size: int = typer.Option(8, help="items per generate call"),
+    max_new_tokens: int = typer.Option(32, help="greedy decoding budget per answer"),
+    system: Optional[str] = typer.Option(None, help="name of the system in the predictions (default: model folder name)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model_dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    resume: bool = typer.Option(False, "--resume", help="answer only the items not yet in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
+    limit: Optional[int] = typer.Option(None, help="only the first N items"),
+):
+    """Answer every item with a speech LLM (greedy) and score it."""
+    from cascades.runner import PredictionsFile, answer_speech, pending
+    from interp.manifest import read_manifest
+    from interp.models import load_model
+
+    rows = read_manifest(data, limit=limit)
+    _check_tasks(rows)
+    preds = PredictionsFile(out, resume=resume, overwrite=overwrite)
+    todo = pending(rows, preds.done_keys())
+    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+    with LazyBar("run", len(todo)) as bar:
+        answer_speech(adapter, todo, system=system or model.name, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                      on_items_done=bar.advance, on_batch=preds.add)
+    print_accuracy(preds.rows)
+    console.print(f"predictions: [bold]{out}[/]")
+
+
+def _check_tasks(rows: list) -> None:
+    from tasks import get_task
+
+    for r in rows:
+        if not r.get("task"):
+            raise InterpError(f"item '{r['id']}' has no 'task'; behavioural runs need one (e.g. from `interp data load`)")
+        get_task(r["task"])
+
+
+@app.command("cascade")
+def cascade_cmd(
+    data: Path = typer.Option(None, "--data", help="manifest with task, label and audio per item"),
+    out: Path = typer.Option(None, "--out", help="predictions file to write (.jsonl)"),
+    asr: Optional[Path] = typer.Option(None, "--asr", help="local Whisper checkpoint (ASR stage)"),
+    llm: Optional[str] = typer.Option(None, "--llm", help="local causal-LM checkpoint, or self:SPEECH_MODEL for its own backbone"),
+    transcripts: Optional[str] = typer.Option(None, "--transcripts", help="'gold' (manifest transcripts) or a manifest whose transcripts to use, instead of ASR"),
+    batch_size: int = typer.Option(8, help="items per batch"),
+    max_new_tokens: int = typer.Option(32, help="greedy decoding budget per answer"),
+    system: Optional[str] = typer.Option(None, help="name of the system in the predictions"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    resume: bool = typer.Option(False, "--resume", help="answer only the items not yet in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
+    limit: Optional[int] = typer.Option(None, help="only the first N items"),
+    list_matched: bool = typer.Option(False, "--list-matched", help="show the study's matched speech-LLM / cascade pairs"),
+):
+    """Answer every item with an ASR -> LLM cascade (Whisper, then a text LLM)."""
+    if list_matched:
+        from rich.table import Table
+
+        from cascades.cascade import MATCHED_PAIRS
+
+        table = Table("name", "speech LLM", "ASR", "LLM backbone", "note")
+        for p in MATCHED_PAIRS:
+            table.add_row(p.name, p.speech_llm or "-", p.asr, p.llm, p.note)
+        Console().print(table)
+        return
+    from cascades.cascade import gold_transcripts, transcribe, transcripts_from_manifest
+    from cascades.runner import PredictionsFile, TextLLM, answer_text, pending, word_error_rate
+    from interp.manifest import read_manifest
+    from interp.models import load_model
+
+    if data is None or out is None or llm is None:
+        raise InterpError("interp cascade needs --data, --out and --llm (or --list-matched)")
+    if transcripts is None and asr is None:
+        raise InterpError("give --asr WHISPER_PATH, or --transcripts gold|MANIFEST to skip ASR")
+    rows = read_manifest(data, limit=limit, require_audio=transcripts is None)
+    _check_tasks(rows)
+    preds = PredictionsFile(out, resume=resume, overwrite=overwrite)
+    todo = pending(rows, preds.done_keys())
+    dev = device if device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    if llm.startswith("self:"):
+        text_llm = TextLLM.from_speech_model(load_model(Path(llm[5:]), dtype=_model_dtype("auto", dev), device=dev))
+    else:
+        text_llm = TextLLM.from_path(llm, device=dev)
+    if transcripts == "gold":
+        texts, source = gold_transcripts(todo), "gold"
+    elif transcripts:
+        texts, source = transcripts_from_manifest(transcripts, todo), Path(transcripts).stem
+    else:
+        with LazyBar("asr", len(todo)) as bar:
+            texts = transcribe(asr, todo, batch_size=batch_size, device=dev, on_items_done=bar.advance)
+        source = asr.name
+        refs = [(r.get("transcript"), texts[str(r["id"])]) for r in todo if r.get("transcript")]
+        if refs:
+            wer = word_error_rate([a for a, _ in refs], [b for _, b in refs])
+            console.print(f"ASR word error rate against the manifest transcripts: [bold]{wer:.3f}[/] over {len(refs)} items")
+    name = system or f"cascade:{source}->{text_llm.name}"
+    with LazyBar("llm", len(todo)) as bar:
+        answer_text(text_llm, todo, texts, system=name, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                    on_items_done=bar.advance, on_batch=preds.add)
+    print_accuracy(preds.rows)
+    console.print(f"predictions: [bold]{out}[/]")
+
+
+
 @app.command("compare")
 def compare_cmd(
     preds: List[Path] = typer.Argument(..., help="Predictions JSON Lines files ('id' and 'prediction' per line; optional 'system', 'task', 'snr_db', 'label', 'correct')."),
@@ -343,7 +473,212 @@ def compare_cmd(
     for p in plots:
         console.print(escape(f"plot: {p}"), highlight=False, soft_wrap=True)
 # ---- probe / lens: commands are added after this line ----
+
+
+def _fmt(value, spread=None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread is not None else "")
+
+
+@app.command("probe")
+def probe_cmd(
+    store: Path = typer.Argument(..., help="activation store (.h5) written by `interp trace`"),
+    target: str = typer.Option(..., "--target", help="an item field (label, speaker, snr_db, ...) or energy | pitch | ctc | chars"),
+    layers: str = typer.Option("all", help="'all' or layers like embed,0,8,-1 (must be in the store)"),
+    positions: Optional[str] = typer.Option(None, help="audio | all | last | audio-mean (default: audio-mean for item fields "
+                                                       "and chars, audio for energy, pitch and ctc)"),
+    folds: int = typer.Option(5, help="outer cross-validation folds, grouped by item"),
+    kind: str = typer.Option("auto", help="auto | classification | regression (for item fields)"),
+    seed: int = typer.Option(0, help="seed of the folds, the shuffled control and the CTC head"),
+    max_positions: Optional[int] = typer.Option(None, help="at most N evenly spaced positions per item (position-level targets)"),
+    device: str = typer.Option("cpu", help="torch device of the CTC head"),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON results (default: <store>_probe_<target>.json beside the store)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of metric vs layer (default: the --out path with .png)"),
+):
+    """Fit a linear probe per layer for TARGET, with majority and shuffled-label baselines on the same folds."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from interp.atomic import write_json
+    from interp.plots import write_probe_plot
+    from interp.probes import ProbeConfig, plan_probe, run_probe
+    from interp.store import ActivationStore
+
+    config = ProbeConfig(folds=folds, seed=seed, max_positions=max_positions, device=device)
+    with ActivationStore(store) as st:
+        plan = plan_probe(st, target, layers=layers, positions=positions, kind=kind, config=config)
+        with progress_bar() as bar:
+            task = bar.add_task(f"probe {target}", total=len(plan.layers))
+            result = run_probe(plan, on_layer=lambda s: bar.advance(task))
+    stem = store.with_name(f"{store.stem}_probe_{target}")
+    out = out or stem.with_suffix(".json")
+    plot = plot or out.with_suffix(".png")
+    write_json(out, result.to_dict())
+    write_probe_plot(result, plot)
+
+    table = Table(title=f"probe '{target}': {result.metric} by layer ({result.kind}, {result.positions}, "
+                        f"{result.folds}-fold grouped CV)")
+    for col in ("layer", result.metric, result.baseline_name, "shuffled control", "selectivity", "items", "positions"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for s in result.layers:
+        table.add_row(s.layer, _fmt(s.score, s.spread), _fmt(s.baseline), _fmt(s.control, s.control_spread),
+                      _fmt(s.selectivity), str(s.n_items), str(s.n_positions))
+    Console().print(table)
+    for note in result.notes:
+        console.print(f"[dim]note: {escape(note)}[/]", highlight=False, soft_wrap=True)
+    console.print(escape(f"results: {out}  plot: {plot}"), highlight=False, soft_wrap=True)
+
+
+@app.command("lens")
+def lens_cmd(
+    model: Path = typer.Argument(..., help="local checkpoint folder"),
+    data: Optional[Path] = typer.Option(None, "--data", help="manifest to run through the model (live lens)"),
+    store: Optional[Path] = typer.Option(None, "--store", help="activation store of this model (lens from stored residuals)"),
+    layers: str = typer.Option("all", help="'all' or layers like embed,0,8,-1"),
+    positions: Optional[str] = typer.Option(None, help="audio | all | text | last (default: audio; all for Whisper's decoder)"),
+    top_k: int = typer.Option(5, "--top-k", help="tokens kept per position"),
+    batch_size: int = typer.Option(4, help="items per forward pass (live)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N manifest items (live)"),
+    prompt: Optional[str] = typer.Option(None, help="instruction sent with the audio (live; default: the item's task prompt)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model_dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON Lines, one line per item and layer (default: lens.jsonl beside the input)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="heatmap PNG; the precision curve goes to <stem>_precision.png"),
+    plot_item: Optional[str] = typer.Option(None, "--plot-item", help="item id for the heatmap (default: the first)"),
+    emit_text: Optional[str] = typer.Option(None, "--emit-text", help="LAYER whose lens text becomes the transcript of --emit-manifest"),
+    emit_manifest: Optional[Path] = typer.Option(None, "--emit-manifest", help="manifest to write with LAYER's lens text as transcripts"),
+):
+    """Logit lens: each layer's residual through the model's final norm and unembedding, with bag-of-tokens scores."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from interp.lens import TokenForms, emit_manifest as write_emit, lens_live, lens_store, write_lens
+    from interp.models import load_model
+    from interp.plots import write_lens_plots
+
+    if (data is None) == (store is None):
+        raise InterpError("give exactly one of --data MANIFEST (live run) or --store STORE (stored residuals)")
+    if (emit_text is None) != (emit_manifest is None):
+        raise InterpError("--emit-text LAYER and --emit-manifest PATH go together; give both")
+    source = data or store
+    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+    if emit_text is not None:
+        from interp.trace import parse_layers
+
+        emit_text = parse_layers(emit_text, adapter.n_layers)[0]
+        if layers.strip() != "all":
+            layers = f"{layers},{emit_text}"
+    if data is not None:
+        from interp.manifest import read_manifest
+
+        rows = read_manifest(data, limit=limit)
+        with progress_bar() as bar:
+            task = bar.add_task("lens", total=len(rows))
+            result = lens_live(adapter, rows, layers=layers, positions=positions, top_k=top_k, batch_size=batch_size,
+                               prompt=prompt, on_items_done=lambda n: bar.advance(task, n))
+    else:
+        from interp.store import ActivationStore
+
+        with ActivationStore(store) as st:
+            from interp.lens import check_store_model
+
+            check_store_model(st, adapter)
+            with progress_bar() as bar:
+                task = bar.add_task("lens layers", total=len(st.resolve_layers(layers)))
+                result = lens_store(adapter, st, layers=layers, positions=positions, top_k=top_k,
+                                    on_layer=lambda _: bar.advance(task))
+    out = out or source.with_name(f"{source.stem}_lens.jsonl")
+    plot = plot or out.with_suffix(".png")
+    forms = TokenForms(adapter.tokenizer)
+    write_lens(result, out, adapter.tokenizer)
+    plots = write_lens_plots(result, forms, plot, plot_item)
+    emitted = write_emit(result, emit_text, emit_manifest) if emit_text is not None else None
+
+    table = Table(title=f"logit lens: bag-of-tokens vs transcript ({result.family}, {result.positions} positions)")
+    for col in ("layer", "precision", "recall", "items", f"lens text of item {result.items[0].id}"):
+        table.add_column(col, justify="left" if col in ("layer",) or col.startswith("lens") else "right")
+    for s in result.summary():
+        text = result.items[0].text[s["layer"]]
+        table.add_row(s["layer"], _fmt(s["precision"]), _fmt(s["recall"]), str(s["n_items"]),
+                      escape(text if len(text) <= 60 else text[:59] + "…"))
+    Console().print(table)
+    console.print(escape(f"lens: {out}  plots: {', '.join(map(str, plots))}"), highlight=False, soft_wrap=True)
+    if emitted:
+        console.print(escape(f"manifest with layer {emit_text}'s lens text: {emitted}"), highlight=False, soft_wrap=True)
 # ---- erase: commands are added after this line ----
+
+
+@app.command("erase")
+def erase_cmd(
+    model: Path = typer.Argument(..., help="local checkpoint folder"),
+    data: Path = typer.Option(..., "--data", help="manifest of the items to answer (JSON Lines with id, audio, task, label)"),
+    fit_store: Path = typer.Option(..., "--fit-store", help="activation store of MODEL to fit the erasers on (`interp trace`)"),
+    concept: str = typer.Option(..., "--concept", help="item field (e.g. label), chars, ctc, energy, pitch, or a '+' of them"),
+    layers: str = typer.Option(..., "--layers", help="block indices to erase at, all at once, e.g. 0,4,8,-1"),
+    positions: str = typer.Option("audio", "--positions", help="store rows to fit on: audio | all"),
+    affine: bool = typer.Option(False, "--affine/--no-affine", help="re-centre erased states on the fitting mean (off: the paper's choice for generation)"),
+    controls: str = typer.Option("random", "--controls", help="comma-separated controls: random (matched-rank random subspace), acoustic (erase energy+pitch); '' for none"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: erase-CONCEPT); erasers found in it are reused"),
+    batch_size: int = typer.Option(8, "--batch-size", help="items per generation batch"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="greedy tokens generated per answer"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="answer only the first N items of the manifest"),
+    holdout: float = typer.Option(0.25, "--holdout", help="fraction of the store's items kept out of the fit, for re-probing"),
+    seed: int = typer.Option(0, "--seed", help="seed of the fit/held-out split and of the random control"),
+    refit: bool = typer.Option(False, "--refit", help="fit the erasers again even if --out holds some"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model_dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16"),
+):
+    """Erase a concept with LEACE at several layers during generation: task accuracy for the
+    baseline, the concept erased and its controls (Table 7), and a fresh probe's held-out score."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from interp.erasure import erase_experiment, table7, write_erase_report
+    from interp.manifest import read_manifest
+    from interp.models import load_model
+    from interp.store import ActivationStore
+
+    names = [c.strip() for c in controls.split(",") if c.strip()]
+    rows = read_manifest(data, limit=limit)
+    out = out or Path(f"erase-{concept.replace('+', '_')}")
+    stages: List[LazyBar] = []  # one bar per stage; rich shows one live display at a time
+
+    def progress(description: str, total: int):
+        if stages:
+            stages[-1].__exit__(None, None, None)
+        stages.append(LazyBar(description, total))
+        return stages[-1].advance
+
+    with ActivationStore(fit_store) as store:
+        adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+        try:
+            result = erase_experiment(adapter, rows, store, concept, layers, out, positions=positions, affine=affine,
+                                      controls=names, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
+                                      holdout=holdout, refit=refit, progress=progress)
+        finally:
+            if stages:
+                stages[-1].__exit__(*sys.exc_info())
+    paths = write_erase_report(result, out)
+    header, body = table7(result)
+    table = Table(title=f"accuracy (%) with '{escape(result.concept)}' erased at layers {','.join(map(str, result.layers))}")
+    for col in header:
+        table.add_column(escape(col), justify="left" if col == "condition" else "right")
+    for r in body:
+        table.add_row(*map(escape, r))
+    (console if console.is_terminal else Console(stderr=True, width=240)).print(table)
+    ranks = result.erasers[result.conditions[1]]["ranks"]
+    console.print(f"erased rank per layer: {', '.join(f'{k}: {v}' for k, v in ranks.items())}", highlight=False)
+    if result.reprobe is not None:
+        rp = result.reprobe
+        fmt = (lambda v: f"{100 * v:.1f}") if rp.metric == "accuracy" else (lambda v: f"{v:.3f}")
+        for l in rp.layers:
+            erased = ", ".join(f"{escape(k)} {fmt(v)}" for k, v in l.erased.items())
+            console.print(f"layer {l.layer}: fresh probe {rp.metric} original {fmt(l.original)}, {erased}, "
+                          f"{rp.baseline_name} {fmt(l.baseline)}", highlight=False)
+    for note in result.notes:
+        console.print(f"[dim]{escape(note)}[/]", highlight=False, soft_wrap=True)
+    console.print(escape(f"report: {paths['markdown']}  {paths['json']}  {paths['plot']}"), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,3 +1,16 @@
-"""interp: mechanistic interpretability for speech LLMs."""
+"""interp: mechanistic interpretability for speech LLMs.
+
+`interp.run(model, batch, interventions=[...])` runs a forward pass or a generation with
+interventions (see interp.interventions); it is imported on first use, so `import interp`
+stays light.
+"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "run":
+        from interp.run import run
+
+        return run
+    raise AttributeError(f"module 'interp' has no attribute {name!r}")

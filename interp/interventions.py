@@ -7,8 +7,14 @@ nnsight trace, to a forward pass or to every step of `generate` (the prefill and
 token), so they compose: at each layer the interventions listed for it run in list order.
 
 Positions are resolved per item of a padded batch from the adapter's audio spans, so
-"audio" touches exactly each item's audio positions. During generation, step 0 is the
-prompt (audio and text positions); every later step is one generated position per item.
+"audio" touches exactly each item's audio positions; padding is never touched. During
+generation, step 0 is the prompt (audio and text positions); every later step is one
+generated position per item. Explicit indices count within each item's unpadded prompt
+(negative ones from its end, so -1 is the last prompt token), whatever the padding side.
+
+`Erase` applies a fitted eraser (`interp.erasure.Eraser`, LEACE or its random control) at
+each of its layers; like every intervention it refuses, before the model runs, a layer the
+model does not have, and it refuses an eraser fitted for another model, width or layer.
 """
 
 from __future__ import annotations
@@ -63,8 +69,14 @@ class Intervention:
             return ctx.masks[self.positions]
         m = torch.zeros(shape, dtype=torch.bool, device=ctx.masks["all"].device)
         if ctx.step == 0:
-            idx = torch.as_tensor([p for p in self.positions if p < shape[1]], dtype=torch.long)
-            m[:, idx] = True
+            # Explicit indices are per item, within its real (unpadded) prompt: with left
+            # padding index 0 of a short item is not column 0 of the batch.
+            for i, real in enumerate(ctx.masks["all"]):
+                cols = torch.nonzero(real).flatten()
+                n = len(cols)
+                keep = [p + n if p < 0 else p for p in self.positions if -n <= p < n]
+                if keep:
+                    m[i, cols[torch.as_tensor(keep, dtype=torch.long, device=cols.device)]] = True
         return m
 
     def edit(self, rows: torch.Tensor, layer: int, ctx: StepContext) -> torch.Tensor:
@@ -73,10 +85,12 @@ class Intervention:
     def check(self, adapter) -> None:
         """Raise InterpError if this intervention cannot apply to `adapter`."""
         n = adapter.n_layers
+        if not self.layers:
+            raise InterpError(f"{type(self).__name__} has no layers; give at least one block index (0-{n - 1})")
         bad = [l for l in self.layers if not -n <= l < n]
         if bad:
             raise InterpError(f"layer {bad[0]} is out of range: the model has {n} blocks (0-{n - 1})")
-        self.layers = [l % n for l in self.layers]
+        self.layers = sorted({l % n for l in self.layers})
 
     def apply(self, hidden: torch.Tensor, layer: int, ctx: StepContext) -> torch.Tensor:
         """Return `hidden` (batch, seq, d) with the selected rows edited (out of place)."""
@@ -119,6 +133,12 @@ class MeanAblate(Intervention):
 
     means: dict = field(default_factory=dict)  #: layer -> (d_model,) tensor
 
+    def check(self, adapter):
+        super().check(adapter)
+        self.means = _per_layer(self.means, self.layers, adapter, "means")
+        for layer, v in self.means.items():
+            _check_width(v, adapter, f"the mean of layer {layer}")
+
     def edit(self, rows, layer, ctx):
         return self.means[layer].to(rows.device, rows.dtype).expand_as(rows)
 
@@ -129,6 +149,13 @@ class Steer(Intervention):
 
     vector: torch.Tensor | None = None
     alpha: float = 1.0
+
+    def check(self, adapter):
+        super().check(adapter)
+        if self.vector is None:
+            raise InterpError("Steer needs a vector of width d_model")
+        self.vector = torch.as_tensor(self.vector)
+        _check_width(self.vector, adapter, "the steering vector")
 
     def edit(self, rows, layer, ctx):
         return rows + self.alpha * self.vector.to(rows.device, rows.dtype)
@@ -174,6 +201,10 @@ class Patch(Intervention):
 
     source: dict = field(default_factory=dict)
 
+    def check(self, adapter):
+        super().check(adapter)
+        self.source = _per_layer(self.source, self.layers, adapter, "source")
+
     def apply(self, hidden, layer, ctx):
         src = self.source[layer]
         if callable(src):
@@ -197,3 +228,62 @@ class Edit(Intervention):
 
     def edit(self, rows, layer, ctx):
         return self.fn(rows, layer)
+
+
+@dataclass(init=False)
+class Erase(Intervention):
+    """Apply a fitted eraser (`interp.erasure.Eraser`) at its layers: x -> x - ((x - b) R^T) L^T.
+
+    `layers` defaults to every layer the eraser was fitted at; naming a layer it was not
+    fitted at is an error. Positions default to "all" (prompt and every generated token):
+    erasure kept on through generation, so no later position can re-read the concept.
+    """
+
+    eraser: object = None
+
+    def __init__(self, eraser, layers: Sequence[int] | None = None, positions: str | Sequence[int] = "all"):
+        if eraser is None or not hasattr(eraser, "layer_erasers"):
+            raise InterpError("Erase needs a fitted eraser (interp.erasure.fit_eraser or Eraser.load)")
+        self.eraser = eraser
+        self.layers = list(eraser.layers) if layers is None else list(layers)
+        self.positions = positions
+        self._factors: dict = {}
+        self.__post_init__()
+
+    def check(self, adapter):
+        super().check(adapter)
+        self.eraser.check(adapter, self.layers)
+
+    def edit(self, rows, layer, ctx):
+        key = (layer, rows.device)
+        if key not in self._factors:
+            # cast once per device (the eraser keeps float64); applied in float32 at least
+            e = self.eraser.layer_erasers[layer]
+            self._factors[key] = e.factors(rows.device, torch.float32)
+        left, right, bias = self._factors[key]
+        if left.shape[1] == 0:
+            return rows  # rank 0: the identity, untouched
+        x = rows.to(torch.promote_types(rows.dtype, torch.float32))
+        delta = x - bias if bias is not None else x
+        return x - (delta @ right.T) @ left.T
+
+
+def _per_layer(table: dict, layers: Sequence[int], adapter, what: str) -> dict:
+    """`table` keyed by block index with negative keys resolved; every layer must be there."""
+    n = adapter.n_layers
+    out = {}
+    for k, v in table.items():
+        k = int(k)
+        if not -n <= k < n:
+            raise InterpError(f"{what} names layer {k}, which is out of range: the model has {n} blocks (0-{n - 1})")
+        out[k % n] = v
+    missing = [l for l in layers if l not in out]
+    if missing:
+        raise InterpError(f"{what} has nothing for layer {missing[0]}; give one entry per intervened layer")
+    return out
+
+
+def _check_width(v, adapter, what: str) -> None:
+    width = v.shape[-1] if hasattr(v, "shape") and len(v.shape) else None
+    if width is not None and width != adapter.d_model and not callable(v):
+        raise InterpError(f"{what} has width {width} but the model's d_model is {adapter.d_model}")

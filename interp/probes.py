@@ -28,6 +28,7 @@ store with `ActivationStore.pooled`/`read`. When features outnumber training row
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 import warnings
@@ -430,51 +431,64 @@ def position_pitch(wav: np.ndarray, sr: int, starts: np.ndarray, ends: np.ndarra
 
 def make_folds(target: Target, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Outer folds over the target's units, grouped by item (stratified by class when classifying)."""
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
     n_groups = len(np.unique(target.groups))
     if n_folds < 2:
         raise InterpError(f"--folds must be at least 2 (got {n_folds})")
     if n_groups < n_folds:
         raise InterpError(f"target '{target.name}' has {n_groups} usable item(s), fewer than --folds {n_folds}; "
                           f"lower --folds or add items")
-    dummy = np.zeros((target.n_units, 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
-        if target.kind == "classification":
-            splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
-            folds = list(splitter.split(dummy, target.y, target.groups))
-        else:
-            splitter = GroupKFold(n_folds, shuffle=True, random_state=seed)
-            folds = list(splitter.split(dummy, groups=target.groups))
+    folds = _grouped_splits(target.y if target.kind == "classification" else None, target.groups, n_folds, seed)
     return [(np.asarray(tr), np.asarray(te)) for tr, te in folds]
 
 
-def _inner_splits(y, groups: np.ndarray, n: int, seed: int, stratify: bool):
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+def _grouped_splits(y, groups: np.ndarray, n: int, seed: int) -> list:
+    """K folds grouped by `groups`, stratified by `y` when given. One unit per group (pooled
+    states) is plain (stratified) K-fold, which is the same split and much faster to draw."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-    n = min(n, len(np.unique(groups)))
     dummy = np.zeros((len(groups), 1))
+    singletons = len(np.unique(groups)) == len(groups)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        if stratify:
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
+        if y is not None and singletons:
+            return list(StratifiedKFold(n, shuffle=True, random_state=seed).split(dummy, y))
+        if y is not None:
             return list(StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(dummy, y, groups))
+        if singletons:
+            return list(KFold(n, shuffle=True, random_state=seed).split(dummy))
         return list(GroupKFold(n, shuffle=True, random_state=seed).split(dummy, groups=groups))
 
 
-def control_labels(target: Target, seed: int = 0):
-    """The shuffled-label control task: the target permuted across items or across positions."""
+def _inner_splits(y, groups: np.ndarray, n: int, seed: int, stratify: bool):
+    n = min(n, len(np.unique(groups)))
+    return _grouped_splits(y if stratify else None, groups, n, seed)
+
+
+def control_labels(target: Target, folds: Sequence[tuple[np.ndarray, np.ndarray]], seed: int = 0):
+    """The shuffled-label control task: the target permuted across items (item-level targets)
+    or across positions (position-level targets), within each outer test fold.
+
+    Permuting within folds keeps every fold's class balance (folds are stratified on the true
+    labels); a global permutation would leave train and test folds with complementary
+    imbalances and push the control below chance.
+    """
     rng = np.random.default_rng(seed + 1)
     if target.kind == "ctc":
-        perm = rng.permutation(len(target.y))
+        perm = np.arange(len(target.y))
+        for _, test in folds:
+            perm[test] = rng.permutation(test)
         return [target.y[p] for p in perm]
     y = np.asarray(target.y)
-    if target.control_level == "position":
-        return y[rng.permutation(len(y))]
-    # item level: permute item values, then broadcast back to the item's units
-    items, first, inverse = np.unique(target.groups, return_index=True, return_inverse=True)
-    per_item = y[first]
-    return per_item[rng.permutation(len(items))][inverse]
+    out = y.copy()
+    for _, test in folds:
+        if target.control_level == "position":
+            out[test] = y[rng.permutation(test)]
+            continue
+        # item level: permute the fold's item values, then broadcast back to each item's units
+        items, first, inverse = np.unique(target.groups[test], return_index=True, return_inverse=True)
+        per_item = y[test][first]
+        out[test] = per_item[rng.permutation(len(items))][inverse]
+    return out
 
 
 # ---- fitting -----------------------------------------------------------------------------
@@ -499,8 +513,12 @@ def _span_features(Xs: np.ndarray, train: np.ndarray) -> np.ndarray:
     n_train, d = len(train), Xs.shape[1]
     if d <= n_train:
         return Xs
+    from threadpoolctl import threadpool_limits
+
     G = Xs @ Xs[train].T  # (n, n_train)
-    evals, U = np.linalg.eigh(G[train].astype(np.float64))
+    # OpenBLAS' threaded eigh is slower than one thread at these sizes, by 50x on a busy machine.
+    with threadpool_limits(1, user_api="blas"):
+        evals, U = np.linalg.eigh(G[train].astype(np.float64))
     keep = evals > max(evals.max(), 1e-30) * 1e-9
     U, s = U[:, keep], np.sqrt(evals[keep])
     return ((G.astype(np.float64) @ U) / s).astype(np.float32)
@@ -535,12 +553,38 @@ def _r2(y_true, y_pred) -> float:
     return float(r2_score(y_true, y_pred))
 
 
-def _score_fold(target: Target, Z, y, y_ctrl, train, test, config: ProbeConfig, seed: int) -> dict:
+SMALL_PROBLEM = 8_000_000  #: elements of a design matrix below which fits run on one thread
+
+
+@contextlib.contextmanager
+def _one_thread_if_small(n_elements: int):
+    """Run small fits on one BLAS/torch thread.
+
+    lbfgs and Adam steps on matrices of a few hundred thousand elements are dominated by
+    thread hand-offs: on a 2-core machine one thread is 5-30x faster than two (far more on
+    a loaded machine). Large problems keep every thread; the Gram products stay parallel.
+    """
+    if n_elements >= SMALL_PROBLEM:
+        yield
+        return
+    import sys
+
     from threadpoolctl import threadpool_limits
 
-    # lbfgs on these small problems is dominated by BLAS thread hand-offs: one thread is
-    # 10-30x faster than two. The Gram products before this stay multi-threaded.
-    with threadpool_limits(1, user_api="blas"):
+    torch = sys.modules.get("torch")  # only the CTC head needs torch; don't import it for sklearn fits
+    before = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        if torch:
+            torch.set_num_threads(before)
+
+
+def _score_fold(target: Target, Z, y, y_ctrl, train, test, config: ProbeConfig, seed: int) -> dict:
+    with _one_thread_if_small(Z.size):
         return _score_fold_serial(target, Z, y, y_ctrl, train, test, config, seed)
 
 
@@ -648,6 +692,14 @@ def _medoid(seqs: Sequence[np.ndarray], rng: np.random.Generator, limit: int = 2
 
 def _score_ctc_fold(target: Target, X: np.ndarray, bounds: np.ndarray, y_ctrl, train, test, config: ProbeConfig,
                     seed: int) -> dict:
+    import torch  # noqa: F401  (loaded before the thread limit so that it applies to the head)
+
+    with _one_thread_if_small(X.size):
+        return _score_ctc_fold_serial(target, X, bounds, y_ctrl, train, test, config, seed)
+
+
+def _score_ctc_fold_serial(target: Target, X: np.ndarray, bounds: np.ndarray, y_ctrl, train, test,
+                           config: ProbeConfig, seed: int) -> dict:
     seqs = [X[bounds[k]:bounds[k + 1]] for k in range(len(target.items))]
     n_sym = len(target.classes)
     tr_x = [seqs[k] for k in train]
@@ -669,51 +721,75 @@ def _score_ctc_fold(target: Target, X: np.ndarray, bounds: np.ndarray, y_ctrl, t
 METRIC = {"classification": ("accuracy", "majority"), "regression": ("r2", "mean"), "ctc": ("decodability", "medoid")}
 
 
+@dataclass
+class ProbePlan:
+    """A checked probe sweep, ready to run: target, layers and the folds every layer shares."""
+
+    store: ActivationStore
+    target: Target
+    layers: list[str]
+    folds: list[tuple[np.ndarray, np.ndarray]]  #: (train, test) unit indices, grouped by item
+    control: object  #: the shuffled-label control target, aligned with target.y
+    config: ProbeConfig
+
+
+def plan_probe(store: ActivationStore, target: str, layers: str | Sequence = "all", positions: str | None = None,
+               kind: str = "auto", config: ProbeConfig = ProbeConfig()) -> ProbePlan:
+    """Validate the request and build the target and folds; every bad-input error is raised here,
+    before any fitting."""
+    if store.n_items == 0:
+        raise InterpError(f"store {store.path} holds no items; run `interp trace` to fill it")
+    names = store.resolve_layers(layers)
+    tgt = build_target(store, target, positions, kind, config)
+    folds = make_folds(tgt, config.folds, config.seed)
+    return ProbePlan(store, tgt, names, folds, control_labels(tgt, folds, config.seed), config)
+
+
+def run_probe(plan: ProbePlan, on_layer: Callable[[LayerScore], None] | None = None) -> ProbeResult:
+    """Fit and score the plan's probes layer by layer, one layer's features in memory at a time."""
+    store, tgt, config = plan.store, plan.target, plan.config
+    metric, baseline_name = METRIC[tgt.kind]
+    n_positions = int(sum(len(r) for r in tgt.item_rows)) if tgt.kind == "ctc" else tgt.n_units
+    bounds = np.concatenate([[0], np.cumsum([len(r) for r in tgt.item_rows])]) if tgt.kind == "ctc" else None
+    notes = list(tgt.notes)
+    scores = []
+    unconverged = 0
+    for layer in plan.layers:
+        X = layer_features(store, tgt, layer)
+        if not np.all(np.isfinite(X)):
+            raise InterpError(f"layer {layer} of {store.path} holds non-finite values (float16 overflow?); "
+                              "re-trace with --dtype float32")
+        per_fold = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for k, (train, test) in enumerate(plan.folds):
+                seed = config.seed + k
+                if tgt.kind == "ctc":
+                    per_fold.append(_score_ctc_fold(tgt, X, bounds, plan.control, train, test, config, seed))
+                else:
+                    Z = _span_features(_standardise(X, train), train)
+                    per_fold.append(_score_fold(tgt, Z, np.asarray(tgt.y), plan.control, train, test, config, seed))
+        unconverged += sum("converge" in str(w.message).lower() for w in caught)
+        del X
+        score = _summarise(layer, per_fold, len(tgt.items), n_positions)
+        scores.append(score)
+        if on_layer:
+            on_layer(score)
+    if unconverged:
+        notes.append(f"{unconverged} logistic fit(s) stopped at max_iter={config.max_iter} before converging")
+    return ProbeResult(str(store.path), tgt.name, tgt.kind, metric, baseline_name, tgt.positions, config.folds,
+                       config.seed, scores, len(tgt.items), n_positions, tgt.classes, notes)
+
+
 def probe(store: ActivationStore | str | Path, target: str, layers: str | Sequence = "all", positions: str | None = None,
           kind: str = "auto", config: ProbeConfig = ProbeConfig(),
           on_layer: Callable[[LayerScore], None] | None = None) -> ProbeResult:
     """Fit and score one probe per layer for TARGET, with majority/mean and shuffled-label baselines
-    on the same grouped folds. Holds one layer of the selected rows in memory at a time."""
+    on the same grouped folds (`plan_probe` then `run_probe`)."""
     own = not isinstance(store, ActivationStore)
     store = ActivationStore(store) if own else store
     try:
-        if store.n_items == 0:
-            raise InterpError(f"store {store.path} holds no items; run `interp trace` to fill it")
-        names = store.resolve_layers(layers)
-        tgt = build_target(store, target, positions, kind, config)
-        folds = make_folds(tgt, config.folds, config.seed)
-        y_ctrl = control_labels(tgt, config.seed)
-        metric, baseline_name = METRIC[tgt.kind]
-        n_positions = int(sum(len(r) for r in tgt.item_rows)) if tgt.kind == "ctc" else tgt.n_units
-        notes = list(tgt.notes)
-        scores = []
-        unconverged = 0
-        for layer in names:
-            X = layer_features(store, tgt, layer)
-            if not np.all(np.isfinite(X)):
-                raise InterpError(f"layer {layer} of {store.path} holds non-finite values (float16 overflow?); "
-                                  "re-trace with --dtype float32")
-            per_fold = []
-            bounds = np.concatenate([[0], np.cumsum([len(r) for r in tgt.item_rows])]) if tgt.kind == "ctc" else None
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                for k, (train, test) in enumerate(folds):
-                    seed = config.seed + k
-                    if tgt.kind == "ctc":
-                        per_fold.append(_score_ctc_fold(tgt, X, bounds, y_ctrl, train, test, config, seed))
-                    else:
-                        Z = _span_features(_standardise(X, train), train)
-                        per_fold.append(_score_fold(tgt, Z, np.asarray(tgt.y), y_ctrl, train, test, config, seed))
-            unconverged += sum("converge" in str(w.message).lower() for w in caught)
-            del X
-            score = _summarise(layer, per_fold, len(tgt.items), n_positions)
-            scores.append(score)
-            if on_layer:
-                on_layer(score)
-        if unconverged:
-            notes.append(f"{unconverged} logistic fit(s) stopped at max_iter={config.max_iter} before converging")
-        return ProbeResult(str(store.path), target, tgt.kind, metric, baseline_name, tgt.positions, config.folds,
-                           config.seed, scores, len(tgt.items), n_positions, tgt.classes, notes)
+        return run_probe(plan_probe(store, target, layers, positions, kind, config), on_layer)
     finally:
         if own:
             store.close()

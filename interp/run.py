@@ -10,6 +10,8 @@ they come back even though the step loop is open-ended.
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -76,6 +78,7 @@ def _apply_all(adapter: SpeechLM, batch: Batch, interventions: Sequence[Interven
 def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] = (), generate: bool = False,
         max_new_tokens: int = 32, **generate_kwargs) -> RunResult:
     """Forward pass (logits) or greedy generation (ids) with the interventions applied."""
+    interventions = list(interventions)
     for iv in interventions:
         iv.check(adapter)
     prompt_length = int(batch.token_ids.shape[1])
@@ -106,3 +109,15 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
                     step += 1
         seq = torch.cat(collect.chunks, dim=1)
         return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
+
+
+class _CallableModule(types.ModuleType):
+    """`interp.run` is both this module and its function: importing the module (as
+    `from interp.run import run` does) binds the package attribute `interp.run` to the
+    module, so the module itself must be callable for `interp.run(model, batch, ...)`."""
+
+    def __call__(self, *args, **kwargs) -> RunResult:
+        return run(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

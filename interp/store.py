@@ -310,26 +310,28 @@ class ActivationStore:
     def resolve_layers(self, spec: str | Sequence = "all") -> list[str]:
         """Layer names for a `--layers` spec ('all', '0,4,8', 'embed,-1'), checked against the store.
 
-        'all' is every stored layer; negative indices count from the model's last block
+        'all' is every stored layer; negative indices count back from the model's last block
         (the `n_model_layers` attribute). Names come back in store order.
         """
         if spec is None or (isinstance(spec, str) and spec.strip() == "all"):
             return list(self.layers)
-        from interp.trace import parse_layers
-
+        parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else [str(p) for p in spec]
         blocks = [int(x) for x in self.layers if x != "embed"]
         n_model = int(self.attrs.get("n_model_layers") or (max(blocks) + 1 if blocks else 0))
-        try:
-            wanted = parse_layers(spec, max(n_model, 1))
-        except InterpError as e:
-            if "out of range" not in str(e):
-                raise
-            raise InterpError(f"{str(e).split(':')[0]} is not in the store {self.path.name}; it holds: "
-                              f"{', '.join(self.layers)}") from None
-        missing = [x for x in wanted if x not in self.layers]
+        wanted, missing = set(), []
+        for p in filter(None, parts):
+            if p != "embed":
+                try:
+                    i = int(p)
+                except ValueError:
+                    raise InterpError(f"bad layer '{p}'; use 'all' or comma-separated block indices like 0,4,8 (and 'embed')") from None
+                p = str(i + n_model) if i < 0 and i + n_model >= 0 else str(i)
+            (wanted.add if p in self.layers else missing.append)(p)
         if missing:
             raise InterpError(f"layer(s) {', '.join(missing)} not in the store {self.path.name}; it holds: "
                               f"{', '.join(self.layers)}")
+        if not wanted:
+            raise InterpError("no layers selected; use 'all' or indices like 0,4,8")
         return [x for x in self.layers if x in wanted]
 
     def _dataset(self, layer) -> h5py.Dataset:

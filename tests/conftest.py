@@ -94,3 +94,11 @@ def run_cli(capsys, monkeypatch):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def demo_manifests(tmp_path_factory):
+    """Synthesised speech for two text-sufficient tasks, clean and at 0 dB babble."""
+    from tasks import demo_data
+
+    return demo_data(tmp_path_factory.mktemp("demo-data"), tasks=("agnews", "sst2"), n_per_task=3, snrs=(0.0,))

@@ -46,14 +46,15 @@ ENCODER_PARENT = {"phi4-mm": "model.embed_tokens_extend.audio_embed.encoder", "v
 CLASSES = [Phi4Multimodal, Voxtral, AudioFlamingo3]
 
 
-@pytest.fixture(scope="module", params=CLASSES, ids=lambda c: c.family)
-def tiny(request, tmp_path_factory):
-    cls = request.param
-    path = cls.make_tiny(tmp_path_factory.mktemp(cls.family) / "tiny", seed=0)
+def load(cls, path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Phi-4's "no speech-lora/" warning
-        adapter = cls.load(path)
-    return adapter
+        return cls.load(path)
+
+
+@pytest.fixture(scope="module", params=CLASSES, ids=lambda c: c.family)
+def tiny(request, tiny_model_dir):  # tiny_model_dir (conftest): family -> make_tiny folder, built once
+    return load(request.param, tiny_model_dir(request.param.family))
 
 
 def waves(seed: int = 0, lengths=LENGTHS):
@@ -185,13 +186,13 @@ def test_encoder_alone_matches_encoder_inside_model(tiny):
         assert span.time_start[0] == 0.0 and np.all(span.time_end <= d + 1e-12)
 
 
-def test_phi4_speech_lora_needs_peft(tmp_path):
+def test_phi4_speech_lora_needs_peft(tmp_path, tiny_model_dir):
     try:
         import peft  # noqa: F401
         pytest.skip("peft is installed: the LoRA path is taken instead")
     except ImportError:
         pass
-    path = Phi4Multimodal.make_tiny(tmp_path / "phi4")
+    path = Path(shutil.copytree(tiny_model_dir("phi4-mm"), tmp_path / "phi4"))
     (path / "speech-lora").mkdir()
     (path / "speech-lora" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
     with pytest.raises(InterpError, match="peft"):
@@ -201,9 +202,9 @@ def test_phi4_speech_lora_needs_peft(tmp_path):
         Phi4Multimodal.load(path)
 
 
-def test_voxtral_prompt_layout(tmp_path):
+def test_voxtral_prompt_layout(tiny_model_dir):
     """The tiny checkpoint's prompt follows mistral-common's: <s>[INST][BEGIN_AUDIO][AUDIO]x375 text [/INST]."""
-    adapter = Voxtral.load(Voxtral.make_tiny(tmp_path / "vx"))
+    adapter = Voxtral.load(tiny_model_dir("voxtral"))
     assert type(adapter.processor).__name__ == "VoxtralProcessor"
     assert adapter.processor.audio_token_id == adapter.model.config.audio_token_id == 24
     batch = adapter.prepare(waves(lengths=(16000,)), ["hello"])
@@ -215,9 +216,9 @@ def test_voxtral_prompt_layout(tmp_path):
     assert batch.inputs["input_features"].shape == (1, 128, 3000)
 
 
-def test_offline_load_in_fresh_process(tmp_path):
+def test_offline_load_in_fresh_process(tmp_path, tiny_model_dir):
     """make_tiny -> load_model with the hub switched off, in a process that has never seen the classes."""
-    dirs = {cls.family: str(cls.make_tiny(tmp_path / cls.family)) for cls in CLASSES}
+    dirs = {cls.family: str(tiny_model_dir(cls.family)) for cls in CLASSES}
     script = (
         "import json, sys, warnings, numpy as np, torch\n"
         "warnings.simplefilter('ignore')\n"
@@ -276,8 +277,8 @@ class MistralCommonBackend:
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_voxtral_mistral_common_path(tmp_path, side):
-    adapter = Voxtral.load(Voxtral.make_tiny(tmp_path / "vx"))
+def test_voxtral_mistral_common_path(tiny_model_dir, side):
+    adapter = Voxtral.load(tiny_model_dir("voxtral"))  # a fresh copy: its tokenizer is swapped below
     adapter.processor.tokenizer = MistralCommonBackend()
     assert adapter._mistral_common
     w = waves()

@@ -24,6 +24,13 @@ projections inside each block; the block, norm and head paths below do not chang
 
 The full `Phi4MultimodalProcessor` also carries an image processor that needs torchvision; only
 its audio half is used here (its feature extractor, its tokenizer and its placeholder rule).
+
+Padding is not neutral for this family: the Conformer adds its boolean padding mask to the
+relative-position bias (`attention_mask = hs_mask.unsqueeze(1) + relative_attention_bias`, so a
+padded frame gets +0 instead of -inf and is attended), and the subsampling convs see the padded
+frames. A shorter item in a padded batch therefore gets slightly different audio embeddings than
+alone (max |diff| ~4e-3 at the embeddings of the tiny checkpoint); trace at batch size 1 where
+batch invariance matters.
 """
 
 from __future__ import annotations
@@ -121,7 +128,7 @@ class Phi4Multimodal(SpeechLM):
         # Phi4MultimodalProcessor.replace_audio_token: one placeholder -> audio_embed_sizes[i] copies.
         texts = [self.prompt_text(t).replace(token, token * n, 1) for t, n in zip(instructions, counts)]
         self.tokenizer.padding_side = padding_side
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True)  # as the processor calls it
         ids = enc["input_ids"]
         spans = spans_from_mask(ids == self.model.config.audio_config.audio_token_id, counts,
                                 self.seconds_per_audio_position, durations)

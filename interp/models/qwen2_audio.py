@@ -72,7 +72,7 @@ class Qwen2Audio(SpeechLM):
 
         from interp.models.tiny import make_tokenizer
 
-        tok = make_tokenizer(["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"])
+        tok = make_tokenizer(["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"], pre_tokenizer="qwen2")
         processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok)
         heads = max(2, d_model // 32)
         config = Qwen2AudioConfig(

@@ -69,17 +69,27 @@ def chat_template(audio_placeholder: str = "", template: str = CHATML) -> str:
 
 def make_tokenizer(special_tokens: list[str], vocab_size: int = 600, eos: str = "<|endoftext|>",
                    bos: str | None = None, audio_placeholder: str = "", template: str = CHATML,
-                   named_tokens: dict[str, str] | None = None):
+                   named_tokens: dict[str, str] | None = None, pre_tokenizer: str = "bytelevel"):
     """A trained byte-level BPE with `special_tokens` first in the vocabulary (after eos, the ChatML
     markers and bos, in that order, so ids are predictable) and a chat template (`CHATML`, `PHI`,
     `MISTRAL`, or any template using `{{ audio_placeholder }}`). `named_tokens` become tokenizer
-    attributes, e.g. {"audio_token": "<|audio|>"} gives `tok.audio_token` and `tok.audio_token_id`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    attributes, e.g. {"audio_token": "<|audio|>"} gives `tok.audio_token` and `tok.audio_token_id`.
+    `pre_tokenizer="qwen2"` uses Qwen2's NFC + split regex + byte-level pipeline, so the file
+    tokenizes identically when a causal-LM folder reloads it as `Qwen2Tokenizer`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(dict.fromkeys([eos, "<|im_start|>", "<|im_end|>", *( [bos] if bos else []), *special_tokens]))
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre_tokenizer == "qwen2":
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -1,0 +1,221 @@
+"""Behavioural runs: answer items with a speech LLM (audio + instruction) or with a text LLM
+(transcript + the same instruction), parse and score each answer, and keep predictions.
+
+Both sides use the task's prompt templates, parser and scorer from `tasks`, greedy
+decoding, and write one JSON line per item:
+`id, task, system, snr_db, output, prediction, label, correct, n_generated_tokens, seconds`
+(cascades add `transcript`). Speech runs go through `interp.run`, so interventions (erasure,
+ablation, steering) apply to a behavioural run with no second code path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from interp.atomic import write_jsonl
+from interp.audio import load_audio
+from interp.errors import InterpError
+from interp.models.base import SpeechLM
+
+
+def _task(row: dict):
+    from tasks import get_task
+
+    name = row.get("task")
+    if not name:
+        raise InterpError(f"item '{row['id']}' has no 'task'; behavioural runs need the task of every item")
+    return get_task(name)
+
+
+def _prediction(row: dict, system: str, output: str, n_tokens: int, seconds: float, **extra) -> dict:
+    task = _task(row)
+    pred = task.parse(output, row)
+    label = row.get("label")
+    if task.kind == "open":
+        label = label if label is not None else (row.get("answers") or [None])[0]
+    return {"id": str(row["id"]), "task": task.name, "system": system, "snr_db": row.get("snr_db"),
+            "output": output, "prediction": pred, "label": label, "correct": bool(task.is_correct(pred, row)),
+            "n_generated_tokens": int(n_tokens), "seconds": round(seconds, 4), **extra}
+
+
+def _count_new(ids: torch.Tensor, stop_ids: set[int]) -> list[int]:
+    counts = []
+    for row in ids.tolist():
+        n = 0
+        for t in row:
+            n += 1
+            if t in stop_ids:
+                break
+        counts.append(n)
+    return counts
+
+
+def _stop_ids(tokenizer, model) -> set[int]:
+    ids = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    for e in (eos if isinstance(eos, (list, tuple)) else [eos]):
+        if e is not None:
+            ids.add(int(e))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def answer_speech(adapter: SpeechLM, rows: Sequence[dict], *, system: str, interventions=(), batch_size: int = 8,
+                  max_new_tokens: int = 32, on_items_done: Callable[[int], None] | None = None,
+                  on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Greedy answers of a speech LLM to each item's speech prompt, parsed and scored."""
+    from interp.run import run
+
+    tok = adapter.tokenizer
+    stop = _stop_ids(tok, adapter.model)
+    preds = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        t0 = time.perf_counter()
+        batch = adapter.prepare([load_audio(r["audio"], adapter.sampling_rate) for r in chunk],
+                                [_task(r).speech_prompt(r) for r in chunk], padding_side="left")
+        result = run(adapter, batch, interventions, generate=True, max_new_tokens=max_new_tokens)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        texts = tok.batch_decode(result.new_tokens, skip_special_tokens=True)
+        out = [_prediction(r, system, t.strip(), n, seconds)
+               for r, t, n in zip(chunk, texts, _count_new(result.new_tokens, stop))]
+        preds.extend(out)
+        if on_batch:
+            on_batch(out)
+        if on_items_done:
+            on_items_done(len(chunk))
+    return preds
+
+
+@dataclass
+class TextLLM:
+    """A text LLM answering prompts: a causal LM checkpoint, or a speech LLM's own backbone."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str = "cpu", dtype=None) -> "TextLLM":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise InterpError(f"LLM path {path} is not a checkpoint folder (no config.json); give a local causal-LM checkpoint or self:SPEECH_MODEL")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        # transformers will build an empty tokenizer for a folder without tokenizer files
+        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
+        if not any((path / f).is_file() for f in tokenizer_files):
+            raise InterpError(f"LLM checkpoint {path} has no tokenizer files; save its tokenizer into the folder")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError, TypeError):
+            raise InterpError(f"LLM checkpoint {path} has no tokenizer files; save its tokenizer into the folder") from None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32).eval().to(device)
+        except (OSError, ValueError) as e:
+            raise InterpError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0]}") from None
+        return cls(model, tokenizer, path.name)
+
+    @classmethod
+    def from_speech_model(cls, adapter: SpeechLM) -> "TextLLM":
+        """The speech LLM run on text only: its language model is the exactly matched backbone."""
+        return cls(adapter.model, adapter.tokenizer, f"self:{Path(adapter.path).name}")
+
+    def prompt(self, text: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                      tokenize=False)
+        return text
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32) -> list[tuple[str, int]]:
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        enc = tok([self.prompt(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(next(self.model.parameters()).device) for k, v in enc.items()}
+        with torch.no_grad():
+            seq = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=tok.pad_token_id)
+        new = seq[:, enc["input_ids"].shape[1]:].cpu()
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        return [(t.strip(), n) for t, n in zip(texts, _count_new(new, _stop_ids(tok, self.model)))]
+
+
+def answer_text(llm: TextLLM, rows: Sequence[dict], transcripts: dict[str, str], *, system: str, batch_size: int = 8,
+                max_new_tokens: int = 32, on_items_done: Callable[[int], None] | None = None,
+                on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Greedy answers of a text LLM to each item's text prompt built on its transcript."""
+    preds = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        t0 = time.perf_counter()
+        answers = llm.generate([_task(r).text_prompt(r, transcripts[str(r["id"])]) for r in chunk], max_new_tokens)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        out = [_prediction(r, system, text, n, seconds, transcript=transcripts[str(r["id"])])
+               for r, (text, n) in zip(chunk, answers)]
+        preds.extend(out)
+        if on_batch:
+            on_batch(out)
+        if on_items_done:
+            on_items_done(len(chunk))
+    return preds
+
+
+class PredictionsFile:
+    """Predictions JSONL kept whole on disk: every batch rewrites it atomically, so a killed
+    run leaves the complete lines of every finished batch and nothing half-written."""
+
+    def __init__(self, path: str | Path, resume: bool = False, overwrite: bool = True):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            if resume:
+                self.rows = [json.loads(l) for l in self.path.read_text(encoding="utf-8").splitlines() if l.strip()]
+            elif not overwrite:
+                raise InterpError(f"{self.path} exists; pass --resume to complete it or --overwrite to replace it")
+
+    def done_keys(self) -> set[tuple[str, object]]:
+        return {(r["id"], r.get("snr_db")) for r in self.rows}
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        write_jsonl(self.path, self.rows)
+
+
+def pending(rows: Sequence[dict], done: set) -> list[dict]:
+    return [r for r in rows if (str(r["id"]), r.get("snr_db")) not in done]
+
+
+def accuracy_table(preds: Sequence[dict]) -> list[dict]:
+    """Per system, task and SNR: n, accuracy with a Wilson 95% interval, unparsed count."""
+    from cascades.agreement import wilson_interval
+
+    groups: dict[tuple, list[dict]] = {}
+    for p in preds:
+        groups.setdefault((p["system"], p["task"], p.get("snr_db")), []).append(p)
+    table = []
+    for (system, task, snr), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] is not None, kv[0][2] or 0)):
+        k = sum(bool(p["correct"]) for p in ps)
+        lo, hi = wilson_interval(k, len(ps))
+        table.append({"system": system, "task": task, "snr_db": snr, "n": len(ps), "correct": k,
+                      "accuracy": k / len(ps), "ci_low": lo, "ci_high": hi,
+                      "unparsed": sum(p["prediction"] == "unparsed" for p in ps)})
+    return table
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER (jiwer) after lower-casing and stripping punctuation on both sides."""
+    import jiwer
+
+    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
+    refs = [norm(r) or "<empty>" for r in references]
+    hyps = [norm(h) for h in hypotheses]
+    return float(jiwer.wer(refs, hyps))

@@ -1,0 +1,150 @@
+"""The Whisper adapter (control model for encoder probing; ASR of cascades) on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from interp.models import detect_family, load_model
+from interp.models.whisper import Whisper
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return Whisper.make_tiny(tmp_path_factory.mktemp("whisper"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_dir):
+    return load_model(tiny_dir, device="cpu")
+
+
+def _waves(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(s * SR))).astype(np.float32) for s in seconds]
+
+
+def test_tiny_checkpoint_loads_offline_with_its_processor(tiny_dir, adapter):
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+
+    assert detect_family(tiny_dir) is Whisper and isinstance(adapter, Whisper)
+    assert isinstance(adapter.model, WhisperForConditionalGeneration)
+    assert isinstance(adapter.processor, WhisperProcessor)
+    assert isinstance(adapter.processor.feature_extractor, WhisperFeatureExtractor)
+    assert adapter.processor.feature_extractor.feature_size == adapter.model.config.num_mel_bins == 80
+    generation = json.loads((tiny_dir / "generation_config.json").read_text())
+    tok = adapter.tokenizer
+    assert generation["lang_to_id"]["<|en|>"] == tok.convert_tokens_to_ids("<|en|>")
+    assert generation["task_to_id"]["transcribe"] == tok.convert_tokens_to_ids("<|transcribe|>")
+    assert generation["no_timestamps_token_id"] == tok.convert_tokens_to_ids("<|notimestamps|>")
+    assert generation["decoder_start_token_id"] == tok.convert_tokens_to_ids("<|startoftranscript|>")
+    for special in ("<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|nospeech|>", "<|startofprev|>"):
+        assert tok.convert_tokens_to_ids(special) in tok.all_special_ids
+
+
+def test_module_paths_resolve(adapter):
+    from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer, WhisperEncoderLayer
+
+    model = adapter.model
+    assert adapter.layers is model.model.decoder.layers and adapter.n_layers == 2
+    assert all(isinstance(layer, WhisperDecoderLayer) for layer in adapter.layers)
+    assert adapter.encoder_layers is model.model.encoder.layers
+    assert all(isinstance(layer, WhisperEncoderLayer) for layer in adapter.encoder_layers)
+    assert adapter.final_norm is model.model.decoder.layer_norm
+    assert adapter.unembed is model.proj_out and adapter.unembed is model.get_output_embeddings()
+    assert adapter.module(adapter.embed_path) is model.model.decoder.embed_tokens
+    assert adapter.d_model == 32
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_prepare_gives_the_transcription_prompt_and_no_decoder_audio(adapter, side):
+    waves = _waves([1.3, 2.9])
+    batch = adapter.prepare(waves, ["Hi", "What is said? Answer in one word."], padding_side=side)
+    tok = adapter.tokenizer
+    prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])
+    assert batch.token_ids.tolist() == [prompt, prompt]
+    assert batch.inputs["decoder_input_ids"].tolist() == [prompt, prompt]
+    assert batch.attention_mask.all()
+    assert batch.inputs["input_features"].shape == (2, 80, 3000)
+    assert all(len(span.positions) == 0 for span in batch.audio)
+    assert batch.durations == pytest.approx([1.3, 2.9]) and batch.truncated == [False, False]
+
+
+def test_audio_enters_through_the_encoder_only(adapter):
+    waves = _waves([1.3, 2.9])
+    batch = adapter.prepare(waves, ["", ""])
+    other = adapter.prepare([_waves([1.3], seed=5)[0], waves[1]], ["", ""])
+    with torch.no_grad():
+        a = adapter.model(**batch.inputs, output_hidden_states=True)
+        b = adapter.model(**other.inputs, output_hidden_states=True)
+    # the decoder's embeddings are the prompt's (its AudioSpans are empty) ...
+    assert torch.equal(a.decoder_hidden_states[0], b.decoder_hidden_states[0])
+    # ... the audio reaches the decoder by cross-attention, and only that item's
+    assert not torch.allclose(a.logits[0], b.logits[0])
+    assert torch.equal(a.logits[1], b.logits[1])
+    assert not torch.allclose(a.encoder_last_hidden_state[0], b.encoder_last_hidden_state[0])
+    assert torch.equal(a.encoder_last_hidden_state[1], b.encoder_last_hidden_state[1])
+
+
+def test_final_norm_and_unembed_of_last_block_give_the_logits(adapter):
+    batch = adapter.prepare(_waves([1.1, 2.0]), ["", ""])
+    captured = {}
+    handle = adapter.layers[-1].register_forward_hook(
+        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            out = adapter.model(**batch.inputs, output_hidden_states=True)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.unembed(adapter.final_norm(captured["last"])), out.logits,
+                                   rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(adapter.final_norm(captured["last"]), out.decoder_hidden_states[-1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seconds", [0.25, 1.3, 2.97, 29.99, 30.0, 34.0])
+def test_encoder_frames_cover_the_audio(adapter, seconds):
+    batch = adapter.prepare(_waves([seconds, 1.0]), ["", ""])
+    kwargs, spans = adapter.encoder_inputs(batch)
+    assert set(kwargs) == {"input_features"}
+    span = spans[0]
+    covered = min(seconds, 30.0)
+    assert len(span.positions) == min(1500, math.ceil(round(covered / 0.02, 6)))
+    np.testing.assert_array_equal(span.positions, np.arange(len(span.positions)))
+    np.testing.assert_allclose(span.time_start, np.arange(len(span.positions)) * 0.02)
+    assert span.time_start[-1] < covered and span.time_end[-1] == pytest.approx(covered)
+    assert batch.truncated[0] == (seconds > 30.0)
+    encoder = adapter.module(adapter.encoder_layers_path.rsplit(".", 1)[0])
+    inputs = {}
+    handle = adapter.encoder_layers[0].register_forward_hook(
+        lambda m, args, kw, o: inputs.__setitem__("layer0", args[0] if args else kw["hidden_states"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            out = encoder(**kwargs, output_hidden_states=True)
+    finally:
+        handle.remove()
+    assert out.last_hidden_state.shape[1] == 1500 >= len(span.positions)
+    # `embed` of the encoder is the input of its layer 0
+    assert torch.equal(out.hidden_states[0], inputs["layer0"])
+
+
+def test_transcribe_returns_one_string_per_input(adapter, monkeypatch):
+    windows = []
+    generate = adapter.model.generate
+
+    def counting_generate(features, **kwargs):
+        windows.append(features.shape[0])
+        assert kwargs["language"] == "en" and kwargs["task"] == "transcribe"
+        return generate(features, **kwargs)
+
+    monkeypatch.setattr(adapter.model, "generate", counting_generate)
+    texts = adapter.transcribe(_waves([1.0, 35.0, 0.5]), batch_size=2, max_new_tokens=3)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert sum(windows) == 4 and max(windows) <= 2  # the 35 s input is two 30 s windows
+    assert adapter.transcribe([], batch_size=2) == []
