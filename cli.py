@@ -97,6 +97,33 @@ def models_extract_llm(model: Path = typer.Argument(..., help="speech-LLM checkp
     console.print(f"wrote the language model of {model} to [bold]{path}[/]")
 
 
+@app.command("demo")
+def demo_cmd(out: Path = typer.Option(Path("interp-demo"), "--out", help="folder for everything the demo writes"),
+             n_per_task: int = typer.Option(3, help="items per task")):
+    """Run every capability end to end on built-in tiny models and synthesised speech."""
+    from rich.table import Table
+
+    from interp.demo import describe, run_demo
+
+    bars: list[LazyBar] = []
+
+    def stage(name: str, total: int):
+        bars.append(LazyBar(name, total))
+        return bars[-1].advance
+
+    try:
+        outputs = run_demo(out, progress=stage, n_per_task=n_per_task)
+    finally:
+        for b in bars:
+            b.__exit__(None)
+    print_accuracy_rows(outputs["accuracy"])
+    table = Table("output", "where", title="interp demo")
+    for what, where in describe(outputs):
+        table.add_row(what, where)
+    Console().print(table)
+    console.print(f"everything is in [bold]{out.resolve()}[/] (summary: {out / 'summary.json'})")
+
+
 @app.command("trace")
 def trace_cmd(
     model: Path = typer.Argument(..., help="local checkpoint folder"),
@@ -292,12 +319,16 @@ def data_templates(
 
 def print_accuracy(preds: list) -> None:
     """Accuracy per system/task/SNR with Wilson intervals and the unparsed count."""
-    from rich.table import Table
-
     from cascades.runner import accuracy_table
 
+    print_accuracy_rows(accuracy_table(preds))
+
+
+def print_accuracy_rows(rows: list) -> None:
+    from rich.table import Table
+
     table = Table("system", "task", "snr_db", "n", "accuracy [95% CI]", "unparsed")
-    for r in accuracy_table(preds):
+    for r in rows:
         table.add_row(r["system"], r["task"], "clean" if r["snr_db"] is None else f"{r['snr_db']:g}", str(r["n"]),
                       f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", str(r["unparsed"]))
     Console().print(table)

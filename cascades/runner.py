@@ -75,6 +75,7 @@ def answer_speech(adapter: SpeechLM, rows: Sequence[dict], *, system: str, inter
 
     tok = adapter.tokenizer
     stop = _stop_ids(tok, adapter.model)
+    batch_size = adapter.batch_size(batch_size)
     preds = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]

@@ -652,7 +652,7 @@ def probe_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, fo
             if kind == "classes":
                 if len(np.unique(y[train])) < 2:
                     continue
-                clf = LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0], cv=inner, scoring="neg_log_loss", max_iter=300)
+                clf = LogisticRegressionCV(Cs=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], cv=inner, scoring="neg_log_loss", max_iter=300)
                 clf.fit(xtr, y[train])
                 scores.append(float((clf.predict(xte) == y[test]).mean()))
                 bases.append(float((y[test] == np.bincount(y[train]).argmax()).mean()))

@@ -86,9 +86,9 @@ def record(adapter: SpeechLM, batch: Batch, layers: Sequence[str], component: st
         inputs, _ = adapter.encoder_inputs(batch)
         from nnsight import NNsight
 
-        root = NNsight(adapter.module(path.rsplit(".", 1)[0]))
-        blocks = root.layers if hasattr(root, "layers") else None
-        envoys = blocks
+        parent, name = path.rsplit(".", 1)
+        root = NNsight(adapter.module(parent))
+        envoys = getattr(root, name)
     else:
         inputs = batch.inputs
         root = adapter.nnsight
@@ -276,6 +276,7 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
         writer = StoreWriter.create(out, attrs, names, adapter.n_layers and _width(adapter, component), dtype)
     if on_items_done:
         on_items_done(start)
+    batch_size = adapter.batch_size(batch_size)
 
     t0 = time.perf_counter()
     thread = _Writer(writer, on_items_done)

@@ -260,3 +260,16 @@ def test_prompt_holds_the_audio_placeholder_in_a_chat_turn(adapters):
     text = adapter.prompt_text("What is said?")
     assert text.count("<|audio|>") == 1 and text.index("What is said?") < text.index("<|audio|>")
     assert text.startswith("<|begin_of_text|>") and text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_failing_checkpoint_code_gives_one_clear_error(tiny_dirs, tmp_path):
+    import shutil
+
+    from interp.errors import InterpError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dirs(), broken)
+    with open(broken / "ultravox_model.py", "a") as f:
+        f.write("\nraise TypeError('this code needs another transformers')\n")
+    with pytest.raises(InterpError, match="its own code failed under transformers"):
+        load_model(broken, device="cpu")

@@ -84,6 +84,12 @@ class SpeechLM:
     max_audio_seconds: ClassVar[float | None] = 30.0  #: longer audio is truncated (with a warning)
     trust_remote_code: ClassVar[bool] = False
 
+    max_batch_size: ClassVar[int | None] = None  #: set where padding changes a family's activations
+
+    def batch_size(self, requested: int) -> int:
+        """The batch size to use: `requested`, capped where padded batches are not exact."""
+        return min(requested, self.max_batch_size) if self.max_batch_size else requested
+
     def __init__(self, model: torch.nn.Module, processor: Any, path: str | Path):
         self.model = model
         self.processor = processor

@@ -29,8 +29,9 @@ Padding is not neutral for this family: the Conformer adds its boolean padding m
 relative-position bias (`attention_mask = hs_mask.unsqueeze(1) + relative_attention_bias`, so a
 padded frame gets +0 instead of -inf and is attended), and the subsampling convs see the padded
 frames. A shorter item in a padded batch therefore gets slightly different audio embeddings than
-alone (max |diff| ~4e-3 at the embeddings of the tiny checkpoint); trace at batch size 1 where
-batch invariance matters.
+alone (max |diff| ~4e-3 at the embeddings of the tiny checkpoint), so the adapter caps batches
+at one item (`max_batch_size = 1`): `interp trace` and `interp run` then give every item the
+activations it has alone.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Phi4Multimodal(SpeechLM):
     encoder_layers_path = "model.embed_tokens_extend.audio_embed.encoder.encoders"
     encoder_seconds_per_frame = 0.08  # encoder blocks run after the 8x time reduction
     seconds_per_audio_position = 0.08
+    max_batch_size = 1  # padding leaks into the Conformer's activations (see the module docstring)
 
     @classmethod
     def model_class(cls):

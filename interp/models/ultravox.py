@@ -85,13 +85,18 @@ class Ultravox(SpeechLM):
         try:
             return super().load(path, dtype=dtype, device=device, device_map=device_map)
         except OSError as e:
-            config = _read_config(path)
-            ids = [config[k] for k in ("text_model_id", "audio_model_id") if config.get(k)]
+            ids = [v for k, v in _read_config(path).items() if k in ("text_model_id", "audio_model_id") and v]
             if ids:
                 raise InterpError(f"cannot load Ultravox checkpoint at {path}: its code loads {' and '.join(ids)} "
-                                  f"from the Hugging Face hub; put them in the local HF cache "
-                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+                                  f"from the Hugging Face hub; put them in the local HF cache ({_first_line(e)})") from None
             raise
+        except (TypeError, AttributeError, ImportError, NameError) as e:
+            # Errors inside the checkpoint's own code, typically a transformers version it
+            # was not written for (released Ultravox code targets transformers 4.4x).
+            import transformers
+
+            raise InterpError(f"cannot load Ultravox checkpoint at {path}: its own code failed under transformers "
+                              f"{transformers.__version__} ({_first_line(e)})") from None
 
     # ---- inputs ----------------------------------------------------------------------
 
@@ -299,6 +304,11 @@ class Ultravox(SpeechLM):
         pre["auto_map"] = {"AutoProcessor": "ultravox_processing.UltravoxProcessor"}
         (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2, sort_keys=True) + "\n")
         return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _read_config(path) -> dict:

@@ -16,13 +16,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 import transformers.activations
+from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper import modeling_whisper as whisper
 
 from .ultravox_config import UltravoxConfig
 
 
-class UltravoxModel(transformers.LlamaPreTrainedModel):
+class UltravoxModel(transformers.LlamaPreTrainedModel, GenerationMixin):
     config_class = UltravoxConfig
     _keys_to_ignore_on_load_missing = ["audio_tower.*", "language_model.*"]
     _no_split_modules = ["WhisperEncoderLayer", "LlamaDecoderLayer"]
@@ -125,6 +126,22 @@ class UltravoxModel(transformers.LlamaPreTrainedModel):
             **kwargs,
         )
 
+    def prepare_inputs_for_generation(self, input_ids, audio_values=None, audio_token_start_idx=None,
+                                      audio_token_len=None, audio_lens=None, audio_batch_size=None, audio_len=None,
+                                      is_first_iteration=False, **kwargs):
+        # As the real code: the language model prepares the step, and the audio goes in only
+        # on the prefill step (written against transformers 5's generation API).
+        model_input = self.language_model.prepare_inputs_for_generation(
+            input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if audio_values is not None and is_first_iteration:
+            if self.config.standin_api == "insert":
+                raise NotImplementedError("the insertion branch overrides generate(); not in this stand-in")
+            extra = dict(audio_values=audio_values, audio_token_start_idx=audio_token_start_idx,
+                         audio_token_len=audio_token_len, audio_lens=audio_lens, audio_batch_size=audio_batch_size,
+                         audio_len=audio_len)
+            model_input.update({k: v for k, v in extra.items() if v is not None})
+        return model_input
+
     # -- "insert" (experimental adapter branch) ------------------------------------------------
 
     def _insert_tokens(self, inputs_embeds, attention_mask, insert_idx, insert_embeds, insert_len, position_ids=None):
@@ -164,16 +181,20 @@ class UltravoxModel(transformers.LlamaPreTrainedModel):
 
 
 class StackAudioFrames(nn.Module):
-    """Stack `stack_factor` consecutive encoder frames (zero-padding the tail) into one."""
+    """Stack `stack_factor` consecutive encoder frames (zero-padding the tail) into one.
 
-    def __init__(self, stack_factor: int = 8):
+    v0.4 appended one more all-padding group (`extra_group`) so that an over-estimate of the
+    token count by its processor never leaves EOS placeholders between audio embeddings."""
+
+    def __init__(self, stack_factor: int = 8, extra_group: bool = False):
         super().__init__()
         self.stack_factor = stack_factor
+        self.extra_group = extra_group
 
     def forward(self, audio_embeds: torch.Tensor) -> torch.Tensor:
         B, T, C = audio_embeds.shape
         T_pad = (T + self.stack_factor - 1) // self.stack_factor * self.stack_factor
-        audio_embeds = F.pad(audio_embeds, (0, 0, 0, T_pad - T))
+        audio_embeds = F.pad(audio_embeds, (0, 0, 0, T_pad - T + (self.stack_factor if self.extra_group else 0)))
         B, T, C = audio_embeds.shape
         return audio_embeds.view(B, T // self.stack_factor, C * self.stack_factor)
 
@@ -194,7 +215,7 @@ class UltravoxProjector(nn.Module):
     def __init__(self, config: UltravoxConfig):
         super().__init__()
         self.hidden_dim = config.hidden_size
-        self._pad_and_stack = StackAudioFrames(config.stack_factor)
+        self._pad_and_stack = StackAudioFrames(config.stack_factor, extra_group=config.standin_api == "v0.4")
         dim_in = config.audio_config.hidden_size * config.stack_factor
         self.ln_pre = RMSNorm(dim_in, init=config.norm_init)
         self.linear_1 = nn.Linear(dim_in, self.hidden_dim, bias=False)

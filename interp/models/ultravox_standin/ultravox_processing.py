@@ -10,7 +10,7 @@ hub id in `config.audio_model_id`, and transformers 5 accepts only feature extra
 """
 
 import re
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
