@@ -158,7 +158,7 @@ def build_target(store: ActivationStore, target: str, positions: str | None = No
         return _ctc_target(store, positions or "audio")
     if target == "chars":
         return _chars_target(store, positions or "audio-mean")
-    return _field_target(store, target, positions or "audio-mean", kind)
+    return _field_target(store, target, positions or "audio-mean", kind, config)
 
 
 def _check_has_audio(store: ActivationStore, target: str) -> None:
@@ -167,12 +167,12 @@ def _check_has_audio(store: ActivationStore, target: str) -> None:
                           f"(traced with positions '{store.attrs.get('positions')}'); trace with --positions audio")
 
 
-def _field_target(store: ActivationStore, name: str, positions: str, kind: str) -> Target:
-    fields = store.item_fields()
-    if name not in fields and name not in store.items:
-        raise InterpError(f"the store has no target '{name}'; item fields: {', '.join(fields)}; "
-                          f"computed targets: {', '.join(SPECIAL_TARGETS)}")
-    values = store.field(name)
+def _field_target(store: ActivationStore, name: str, positions: str, kind: str, config: ProbeConfig) -> Target:
+    try:
+        values = store.field(name)
+    except InterpError:
+        raise InterpError(f"the store has no target '{name}'; item fields: {', '.join(store.item_fields())}; "
+                          f"computed targets: {', '.join(SPECIAL_TARGETS)}") from None
     numeric = [v for v in values if _is_number(v)]
     if kind == "auto":
         # Text (labels are stored as text) and few-valued numbers are classes; many-valued numbers are regressed.
@@ -181,9 +181,10 @@ def _field_target(store: ActivationStore, name: str, positions: str, kind: str) 
     keep, y = [], []
     for i, v in enumerate(values):
         if kind == "regression":
-            if not _is_number(v) or np.isnan(float(v)):
+            v = _as_float(v)
+            if v is None or np.isnan(v):
                 continue
-            y.append(float(v))
+            y.append(v)
         else:
             if v is None or (isinstance(v, str) and v == ""):
                 continue
@@ -214,7 +215,7 @@ def _field_target(store: ActivationStore, name: str, positions: str, kind: str) 
     # Broadcast: every selected row of an item carries the item's value; CV stays grouped by item.
     if positions == "audio":
         _check_has_audio(store, name)
-    rows = _subsample(store, store.rows(items, audio_only=positions == "audio"), None)
+    rows = _subsample(store, store.rows(items, audio_only=positions == "audio"), config.max_positions)
     owner = store.row_items(rows)
     lookup = np.full(store.n_items, -1, dtype=np.int64)
     lookup[items] = np.arange(len(items))
@@ -223,6 +224,18 @@ def _field_target(store: ActivationStore, name: str, positions: str, kind: str) 
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _as_float(v) -> float | None:
+    """A number, or a string holding one (labels are stored as text); None otherwise."""
+    if _is_number(v):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
 
 
 def _class_name(v) -> str:

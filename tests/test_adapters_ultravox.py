@@ -273,3 +273,18 @@ def test_failing_checkpoint_code_gives_one_clear_error(tiny_dirs, tmp_path):
         f.write("\nraise TypeError('this code needs another transformers')\n")
     with pytest.raises(InterpError, match="its own code failed under transformers"):
         load_model(broken, device="cpu")
+
+
+def test_generate_puts_the_audio_in_on_the_prefill_step(adapters):
+    adapter = adapters()
+    batch = adapter.prepare(_waves([1.3]), ["What is said?"])
+    text_only = {k: batch.inputs[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        logits = adapter.model(**batch.inputs).logits[0, -1]
+        assert not torch.allclose(adapter.model(**text_only).logits[0, -1], logits, atol=1e-4)
+        out = adapter.model.generate(**batch.inputs, max_new_tokens=3, do_sample=False, output_logits=True,
+                                     return_dict_in_generate=True)
+    width = batch.token_ids.shape[1]
+    assert out.sequences.shape == (1, width + 3)
+    torch.testing.assert_close(out.logits[0][0], logits, rtol=1e-5, atol=1e-5)
+    assert int(out.sequences[0, width]) == int(logits.argmax())

@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import numpy as np
 import pytest
-import typer
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -257,9 +255,7 @@ def test_one_system_is_an_error(tmp_path):
 
 
 def _compare_argv(*args: str) -> list[str]:
-    # Typer runs a lone command without its name; once cli.py has several, "compare" is needed.
-    is_group = isinstance(typer.main.get_command(cli.app), click.Group)
-    return (["compare"] if is_group else []) + list(args)
+    return ["compare", *args]
 
 
 def test_cli_compare_writes_report(two_files, tmp_path):

@@ -24,10 +24,11 @@ adapter reads whichever keys the checkpoint's own processor returns:
 The processor takes one prompt per call; batching (as the real training collator does) is
 done here, and with left padding every start index moves right by the row's padding.
 
-Offline use of a real checkpoint: released configs name `text_model_id` and
-`audio_model_id`, and the model's code loads the Llama weights (and the processor the
-Whisper feature extractor) from those hub ids, so both must be in the local Hugging Face
-cache. The released code targets transformers 4.4x.
+Offline use of a real checkpoint: when its config names `text_model_id` / `audio_model_id`,
+the checkpoint's code loads the Llama and Whisper weights from those hub ids, and its
+processor always loads the Whisper processor by hub id (`audio_model_id` or
+`audio_config._name_or_path`), so those must be in the local Hugging Face cache. The
+released code targets transformers 4.4x.
 
 Tests use a stand-in for the remote code, `interp/models/ultravox_standin/` (see there).
 """

@@ -22,6 +22,15 @@ the adapter loads them through `trust_remote_code` like a real checkpoint.
   model inserts the audio embeddings at `audio_start_idx` (kwargs `audio_values`,
   `audio_start_idx`, `audio_len`), lengthening each row.
 
+Known differences from the real code: one set of files serves all three generations
+(switched by `standin_api`); the tiny checkpoint holds every weight (a real config may name
+`text_model_id` / `audio_model_id`, and then the real code loads the Llama and Whisper
+weights from those hub ids); the processor's `audio_processor` is the folder's own
+`WhisperFeatureExtractor` (the real one is a `WhisperProcessor` fetched by hub id);
+transformers 5 signatures for encoder layers and `prepare_inputs_for_generation`; no
+training, LoRA, loss, streaming (`audio_latency_block_size`) or CFormer code; the
+insertion branch's own `generate` is left out.
+
 These files import nothing from `interp` (they must run when copied into a checkpoint
 folder), only torch, numpy and transformers.
 """

@@ -5,8 +5,9 @@ Mirrors the real `UltravoxModel`: `audio_tower` (a Whisper encoder that accepts 
 `stack_factor` encoder frames, RMSNorm, linear, SwiGLU, linear, RMSNorm) and
 `language_model` (a transformers `LlamaForCausalLM`). How the audio embeddings enter the
 sequence follows the real code of the generation named by `config.standin_api`. Written
-against transformers 5 (the real code targets transformers 4.4x); training, LoRA, loss
-and generation code of the real model are left out.
+against transformers 5 (the released code targets transformers 4.4x: its encoder layer
+calls and `prepare_inputs_for_generation` use 4.x signatures); the real model's training,
+LoRA and loss code is left out.
 """
 
 from typing import Generator, Optional, Tuple
