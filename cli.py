@@ -156,6 +156,9 @@ def trace_cmd(
                         command=" ".join(["interp"] + sys.argv[1:]), on_items_done=bar.advance)
     console.print(f"traced {summary.n_new} new item(s); store [bold]{summary.path}[/] holds {summary.n_items} items, "
                   f"{summary.n_rows} positions, layers {','.join(summary.layers)}")
+    if summary.truncated:
+        console.print(f"[yellow]warning:[/] {len(summary.truncated)} item(s) longer than the encoder window were "
+                      f"truncated to {adapter.max_audio_seconds:g} s (e.g. {summary.truncated[0]}); the store marks them")
     if summary.non_finite:
         console.print(f"[yellow]warning:[/] {summary.non_finite} non-finite values in the store (float16 overflow?); "
                       "trace with --dtype float32")

@@ -723,12 +723,23 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in name)
 
 
-def _split(n_items: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_items(store: ActivationStore, concept: Concept, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit items, held-out items): a seeded `holdout` fraction of the store's items kept out,
+    drawn per class for class concepts so both sides keep the class proportions."""
     if not 0.0 <= holdout < 1.0:
         raise InterpError(f"--holdout must be in [0, 1), got {holdout}")
-    order = np.random.default_rng(seed).permutation(n_items)
-    n_out = int(round(holdout * n_items))
-    return np.sort(order[n_out:]), np.sort(order[:n_out])
+    rng = np.random.default_rng(seed)
+    strata = np.zeros(store.n_items, dtype=np.int64)
+    if concept.kind == "classes" and len(concept.rows):
+        items, first = np.unique(store.row_items(concept.rows), return_index=True)
+        strata[:] = -1  # items without the concept form their own stratum
+        strata[items] = concept.z(concept.rows[first]).argmax(1)
+    held = []
+    for s in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == s))
+        held.append(members[: int(round(holdout * len(members)))])
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(store.n_items), held), held
 
 
 def _load_or_fit(path: Path, adapter, store, concept: Concept, layers, positions, affine, refit, fit_items, device,
@@ -778,8 +789,8 @@ def erase_experiment(adapter, rows: Sequence[dict], store: ActivationStore, conc
         raise InterpError(f"store {store.path.name} was traced from another model ({store.attrs.get('family')}, config "
                           f"{store.attrs.get('config_hash')}); this is {adapter.family}, config {adapter.config_hash()}")
     layer_ids = resolve_fit_layers(store, layers)
-    fit_items, held = _split(store.n_items, holdout, seed)
     target = build_concept(store, concept, positions)
+    fit_items, held = split_items(store, target, holdout, seed)
     notes = list(target.notes)
     fit_concept = target.restrict(store, fit_items)
     acoustic = build_concept(store, ACOUSTIC, "audio") if "acoustic" in controls else None
@@ -856,7 +867,7 @@ def _column_key(row: dict) -> tuple:
     return (row["task"], row.get("snr_db"))
 
 
-def _column_title(task: str, snr) -> str:
+def column_title(task: str, snr) -> str:
     try:
         from tasks import get_task
 
@@ -878,7 +889,7 @@ def table7(result: EraseResult) -> tuple[list[str], list[list[str]]]:
     columns = sorted({_column_key(r) for r in result.accuracy}, key=lambda k: (k[0], k[1] is not None, k[1] or 0))
     cell = {(r["system"], _column_key(r)): r for r in result.accuracy}
     n = {k: max((r["n"] for r in result.accuracy if _column_key(r) == k), default=0) for k in columns}
-    header = ["condition"] + [f"{_column_title(*k)} (n={n[k]})" for k in columns]
+    header = ["condition"] + [f"{column_title(*k)} (n={n[k]})" for k in columns]
     body = [[cond] + [accuracy_cell(cell.get((cond, k))) for k in columns] for cond in result.conditions]
     return header, body
 

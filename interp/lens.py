@@ -66,11 +66,11 @@ def lens_topk(adapter: SpeechLM, resid: torch.Tensor, k: int = 5, chunk: int = 2
     for s in range(0, resid.shape[0], chunk):
         logp = lens_logits(adapter, resid[s:s + chunk]).float().log_softmax(-1)
         p, i = logp.topk(min(k, logp.shape[-1]), dim=-1)
-        ids.append(i.cpu().numpy())
+        ids.append(i.cpu().numpy().astype(np.int32))
         probs.append(p.exp().cpu().numpy())
     if not ids:
-        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-    return np.concatenate(ids).astype(np.int64), np.concatenate(probs).astype(np.float32)
+        return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+    return np.concatenate(ids), np.concatenate(probs).astype(np.float32)
 
 
 # ---- tokens as text ------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def lens_store(adapter: SpeechLM, store: ActivationStore | str | Path, layers: s
             lens_items.append(LensItem(str(store.items["id"][i]), meta, str(store.items["transcript"][i] or ""),
                                        pos["index"][r], pos["is_audio"][r], pos["time_start"][r], pos["time_end"][r]))
         for layer in names:
-            ids = np.zeros((len(rows), top_k), np.int64)
+            ids = np.zeros((len(rows), top_k), np.int32)
             probs = np.zeros((len(rows), top_k), np.float32)
             for s in range(0, len(rows), chunk_rows):
                 x = store.read(layer, rows=rows[s:s + chunk_rows], torch=True)

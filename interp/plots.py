@@ -81,7 +81,7 @@ def lens_heatmap_figure(result, forms, item_id: str | None = None, max_positions
     cols = np.flatnonzero(item.scored)[:max_positions]
     layers = result.layers
     probs = np.array([item.top_probs[layer][cols, 0] for layer in layers])
-    fig = Figure(figsize=(max(6.0, 0.55 * len(cols) + 2.0), max(3.0, 0.32 * len(layers) + 1.6)), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.55 * len(cols) + 2.0), max(3.0, 0.4 * len(layers) + 1.6)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
@@ -148,10 +148,12 @@ def erase_figure(result) -> Figure:
     for k, cond in enumerate(result.conditions):
         rows = [cell.get((cond, c)) for c in columns]
         acc = np.array([100 * r["accuracy"] if r else np.nan for r in rows])
-        lo = np.array([100 * (r["accuracy"] - r["ci_low"]) if r else 0 for r in rows])
-        hi = np.array([100 * (r["ci_high"] - r["accuracy"]) if r else 0 for r in rows])
+        lo = np.array([max(0.0, 100 * (r["accuracy"] - r["ci_low"])) if r else 0 for r in rows])
+        hi = np.array([max(0.0, 100 * (r["ci_high"] - r["accuracy"])) if r else 0 for r in rows])
         ax.bar(x + (k - (len(result.conditions) - 1) / 2) * width, acc, width, yerr=[lo, hi], capsize=3, label=cond)
-    ax.set_xticks(x, [t if s is None else f"{t} @ {s:g} dB" for t, s in columns])
+    from interp.erasure import column_title
+
+    ax.set_xticks(x, [column_title(t, s) for t, s in columns])
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"'{result.concept}' erased at layers {','.join(map(str, result.layers))}", fontsize=9)
@@ -169,6 +171,8 @@ def erase_figure(result) -> Figure:
         ax.set_xticks(xs, layers)
         ax.set_xlabel("layer")
         ax.set_ylabel(METRIC_LABEL.get(rp.metric, rp.metric))
+        if rp.metric == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"fresh probe on held-out activations ({rp.n_items} items)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

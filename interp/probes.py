@@ -128,10 +128,21 @@ class ProbeResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON-ready data (NaN, e.g. an undefined chosen C, becomes None)."""
+        return _finite(asdict(self))
 
     def best(self) -> LayerScore:
         return max(self.layers, key=lambda s: -np.inf if np.isnan(s.score) else s.score)
+
+
+def _finite(obj):
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 # ---- targets -----------------------------------------------------------------------------
@@ -175,9 +186,11 @@ def _field_target(store: ActivationStore, name: str, positions: str, kind: str, 
                           f"computed targets: {', '.join(SPECIAL_TARGETS)}") from None
     numeric = [v for v in values if _is_number(v)]
     if kind == "auto":
-        # Text (labels are stored as text) and few-valued numbers are classes; many-valued numbers are regressed.
+        # Text (labels are stored as text) and a few whole numbers (SNRs, ratings) are classes;
+        # fractional numbers (durations, scores) or many distinct ones are regressed.
         distinct = {float(v) for v in numeric if not np.isnan(float(v))}
-        kind = "regression" if numeric and len(numeric) == len(values) and len(distinct) > 10 else "classification"
+        continuous = len(distinct) > 10 or any(not v.is_integer() for v in distinct)
+        kind = "regression" if numeric and len(numeric) == len(values) and continuous else "classification"
     keep, y = [], []
     for i, v in enumerate(values):
         if kind == "regression":
@@ -461,6 +474,8 @@ def _grouped_splits(y, groups: np.ndarray, n: int, seed: int) -> list:
 
     dummy = np.zeros((len(groups), 1))
     singletons = len(np.unique(groups)) == len(groups)
+    if y is not None and not can_stratify(y, groups, n):
+        y = None  # no class has an item for every fold: stratifying is impossible, group only
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
         if y is not None and singletons:
@@ -470,6 +485,12 @@ def _grouped_splits(y, groups: np.ndarray, n: int, seed: int) -> list:
         if singletons:
             return list(KFold(n, shuffle=True, random_state=seed).split(dummy))
         return list(GroupKFold(n, shuffle=True, random_state=seed).split(dummy, groups=groups))
+
+
+def can_stratify(y, groups: np.ndarray, n: int) -> bool:
+    """Whether some class spans at least `n` items (what stratified K-fold needs)."""
+    _, first = np.unique(groups, return_index=True)
+    return np.bincount(np.unique(np.asarray(y)[first], return_inverse=True)[1]).max() >= n
 
 
 def _inner_splits(y, groups: np.ndarray, n: int, seed: int, stratify: bool):
@@ -537,13 +558,35 @@ def _span_features(Xs: np.ndarray, train: np.ndarray) -> np.ndarray:
     return ((G.astype(np.float64) @ U) / s).astype(np.float32)
 
 
-def _fit_classifier(Z, y, train, groups, config: ProbeConfig, seed: int):
-    from sklearn.linear_model import LogisticRegressionCV
+class _Constant:
+    """The probe of a training fold holding one class: it can only predict that class."""
 
-    inner = _inner_splits(y[train], groups[train], config.inner_folds, seed, stratify=True)
+    C_ = float("nan")
+
+    def __init__(self, label):
+        self.label = label
+
+    def predict(self, Z):
+        return np.full(len(Z), self.label)
+
+
+def _fit_classifier(Z, y, train, groups, config: ProbeConfig, seed: int):
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    y_tr = y[train]
+    if len(np.unique(y_tr)) < 2:
+        return _Constant(y_tr[0])
+    inner = _inner_splits(y_tr, groups[train], config.inner_folds, seed, stratify=True)
+    if len(inner) < 2 or any(len(np.unique(y_tr[tr])) < 2 for tr, _ in inner):
+        # Too few items to choose C by CV (an inner training split would hold one class):
+        # the middle of the grid, recorded as the chosen C.
+        C = float(np.median(config.Cs))
+        clf = LogisticRegression(C=C, max_iter=config.max_iter).fit(Z[train], y_tr)
+        clf.C_ = C
+        return clf
     clf = LogisticRegressionCV(Cs=list(config.Cs), l1_ratios=(0.0,), cv=inner, scoring="neg_log_loss",
                                max_iter=config.max_iter, use_legacy_attributes=False)
-    clf.fit(Z[train], y[train])
+    clf.fit(Z[train], y_tr)
     return clf
 
 
@@ -755,6 +798,8 @@ def plan_probe(store: ActivationStore, target: str, layers: str | Sequence = "al
     names = store.resolve_layers(layers)
     tgt = build_target(store, target, positions, kind, config)
     folds = make_folds(tgt, config.folds, config.seed)
+    if tgt.kind == "classification" and not can_stratify(tgt.y, tgt.groups, config.folds):
+        tgt.notes.append(f"no class has {config.folds} items: folds are grouped but not stratified")
     return ProbePlan(store, tgt, names, folds, control_labels(tgt, folds, config.seed), config)
 
 

@@ -13,7 +13,6 @@ import queue
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -298,9 +297,6 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
     finally:
         thread.close()
     writer.finish()
-    if truncated:
-        warnings.warn(f"{len(truncated)} item(s) longer than the encoder window were truncated to "
-                      f"{adapter.max_audio_seconds:g} s, e.g. {truncated[0]}")
     from interp.store import ActivationStore
 
     with ActivationStore(out) as store:

@@ -192,6 +192,7 @@ def test_final_norm_and_unembed_of_last_block_give_the_logits(adapters):
 
 def test_padded_batch_equals_batch_of_one(adapters, monkeypatch):
     adapter = adapters()
+    monkeypatch.setattr(Ultravox, "batch_invariant_audio", True)
     # 1.37 s: 137 mel frames, 69 encoder frames, so its last audio position holds 5 real frames
     waves = _waves([1.37, 2.9])
     alone = adapter.prepare(waves[:1], ["Hi"])

@@ -51,17 +51,18 @@ def synth(tmp_path_factory):
 
 
 def write_labelled_tones(folder: Path, n: int, seed: int = 0) -> Path:
-    """SST-2-style items whose label is audible: low tones are 'negative', high ones 'positive' (1:2)."""
+    """SST-2-style items whose label is audible: a 140 Hz tone is 'negative', a 650 Hz one
+    'positive' (1:2), each in its own noise."""
     from interp.audio import write_wav
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
+    t = np.arange(int(0.8 * 16000)) / 16000
     for i in range(n):
         label = ("negative", "positive", "positive")[i % 3]
-        t = np.arange(int(rng.uniform(0.5, 1.0) * 16000)) / 16000
-        f0 = rng.uniform(100, 180) if label == "negative" else rng.uniform(500, 800)
-        write_wav(folder / f"u{i}.wav", (0.3 * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32))
+        f0 = 140.0 if label == "negative" else 650.0
+        write_wav(folder / f"u{i}.wav", (0.3 * np.sin(2 * np.pi * f0 * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32))
         rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "transcript": "the team won the match",
                      "text": "the team won the match", "task": "sst2", "label": label})
     (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -69,17 +70,19 @@ def write_labelled_tones(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real(tiny_adapter, tiny_model_dir, tmp_path_factory):
-    """A store of the tiny Qwen2-Audio over 36 labelled tones (all positions, float32)."""
+def real(tmp_path_factory):
+    """A store of a tiny Qwen2-Audio (one small encoder layer, for speed) over 60 labelled tones."""
     from interp.manifest import read_manifest
+    from interp.models import get_family, load_model
     from interp.trace import trace
 
     folder = tmp_path_factory.mktemp("real")
-    manifest = write_labelled_tones(folder / "audio", 36)
-    adapter = tiny_adapter("qwen2-audio")
+    model = get_family("qwen2-audio").make_tiny(folder / "model", encoder_layers=1, encoder_d_model=32)
+    adapter = load_model(model, device="cpu")
+    manifest = write_labelled_tones(folder / "audio", 60)
     trace(adapter, read_manifest(manifest), folder / "acts.h5", layers="all", positions="all", dtype="float32",
-          batch_size=12)
-    return {"adapter": adapter, "model": tiny_model_dir("qwen2-audio"), "manifest": manifest, "store": folder / "acts.h5"}
+          batch_size=20)
+    return {"adapter": adapter, "model": model, "manifest": manifest, "store": folder / "acts.h5"}
 
 
 # ---- fitting -------------------------------------------------------------------------------
@@ -121,7 +124,9 @@ def test_leace_brings_a_fresh_probe_to_chance_and_the_random_control_does_not(sy
 
 def test_leace_on_a_real_store(real):
     with ActivationStore(real["store"]) as store:
-        fit, held = np.arange(12), np.arange(12, 36)
+        # 24 items to fit, 36 held out, both 1:2 negative:positive
+        fit = np.flatnonzero(np.isin(np.arange(60) % 5, (0, 1)))
+        held = np.setdiff1d(np.arange(60), fit)
         eraser = fit_eraser(store, "label", "0,3", items=fit)
         assert eraser.config_hash == real["adapter"].config_hash() and eraser.d_model == real["adapter"].d_model
         concept = build_concept(store, "label").restrict(store, held)
@@ -129,7 +134,7 @@ def test_leace_on_a_real_store(real):
     for layer in result.layers:
         assert layer.original > layer.baseline + 0.2, layer
         assert abs(layer.erased["erased"] - layer.baseline) <= 0.02, layer
-        assert layer.erased["random"] >= layer.original - 0.05, layer
+        assert layer.erased["random"] >= layer.original - 0.02, layer
 
 
 def test_random_control_matches_rank_and_is_seeded(synth):
@@ -184,7 +189,9 @@ def test_concepts_chars_ctc_and_combinations(synth):
         z = ctc.z(item0)
         np.testing.assert_allclose(z.sum(0), [1, 2, 2])  # each character spread over the item's positions once
         both = build_concept(store, "label+chars", "all")
-        assert both.kind == "values" and len(both.columns) == 5 and len(both.rows) == len(audio_rows)
+        assert both.kind == "values" and len(both.columns) == 5 and len(both.rows) == store.n_rows
+        audio_only = build_concept(store, "label+ctc", "all")  # ctc lives on audio rows: the rows all have
+        assert audio_only.columns[-3:] == ["ctc: ", "ctc:a", "ctc:b"] and np.array_equal(audio_only.rows, audio_rows)
         label_all = build_concept(store, "label", "all")
         assert len(label_all.rows) == store.n_rows and label_all.kind == "classes"
 
@@ -240,7 +247,9 @@ def test_erase_cli_end_to_end(real, run_cli, tmp_path):
     assert report["erasers"]["label erased"]["ranks"] == {"0": 1, "1": 1}
     assert report["erasers"]["random subspace"]["ranks"] == {"0": 1, "1": 1}
     assert {r["system"] for r in report["accuracy"]} == set(report["conditions"])
-    assert all(r["n"] == 3 and 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 for r in report["accuracy"])
+    eps = 1e-12  # the Wilson bounds at k = 0 or n carry rounding
+    assert all(r["n"] == 3 and 0 <= r["ci_low"] <= r["accuracy"] + eps <= r["ci_high"] + 2 * eps <= 1 + 3 * eps
+               for r in report["accuracy"])
     assert [l["layer"] for l in report["reprobe"]["layers"]] == [0, 1]
     md = (out / "erase.md").read_text()
     assert "| condition | SST-2 (n=3) |" in md and "| random subspace |" in md

@@ -14,7 +14,6 @@ from interp.audio import write_wav
 from interp.errors import InterpError
 from interp.lens import TokenForms, bag_of_tokens, emit_manifest, lens_live, lens_logits, lens_store
 from interp.models import family_names, get_family, load_model
-from interp.store import ActivationStore
 from interp.trace import record, trace
 from tests.test_probes import make_store
 

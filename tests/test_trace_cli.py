@@ -121,6 +121,7 @@ def test_stereo_other_rates_and_long_audio(run_cli, tiny_model_dir, tmp_path):
     code, _, err = run_cli("trace", tiny_model_dir("qwen2-audio"), "--data", m, "--out", tmp_path / "a.h5",
                            "--layers", "0", "--batch-size", "2")
     assert code == 0, err
+    assert "1 item(s) longer than the encoder window were truncated to 30 s (e.g. l)" in err
     with ActivationStore(tmp_path / "a.h5") as s:
         assert s.items["audio_seconds"][0] == pytest.approx(1.5)
         assert list(s.items["truncated"]) == [False, True]

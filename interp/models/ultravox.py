@@ -72,8 +72,11 @@ class Ultravox(SpeechLM):
     #: gives different activations alone and in a batch. Padded to whole positions, every
     #: item sees the same past its end in any batch (batch == batch of one), at the price of
     #: small differences from an unbatched run of the real pipeline, which pads nothing.
-    #: False reproduces the real collator exactly.
-    batch_invariant_audio: ClassVar[bool] = True
+    #: False (the default) reproduces the real collator exactly; `max_batch_size = 1` then
+    #: gives every item, in `interp trace` and `interp run`, exactly the activations the real
+    #: pipeline gives it alone. Set True and raise `max_batch_size` to trade that for speed.
+    batch_invariant_audio: ClassVar[bool] = False
+    max_batch_size = 1
 
     @classmethod
     def model_class(cls):
