@@ -207,8 +207,9 @@ def _field_target(store: ActivationStore, name: str, positions: str, kind: str, 
                 v = "clean"  # the store writes NaN for clean audio
             y.append(_class_name(v))
         keep.append(i)
-    if kind == "regression" and not keep and values.size:
-        raise InterpError(f"target '{name}' has no numeric values; use --kind classification")
+    if not keep:
+        fix = "use --kind classification" if kind == "regression" else "add it to the manifest and re-trace"
+        raise InterpError(f"target '{name}' has no {'numeric ' if kind == 'regression' else ''}values in the store's items; {fix}")
     items = np.asarray(keep, dtype=np.int64)
     notes = [f"{store.n_items - len(items)} item(s) without a value of '{name}' left out"] if len(items) < store.n_items else []
     if kind == "classification":

@@ -12,7 +12,8 @@ from interp.models import family_names
 from interp.store import ActivationStore
 from interp.trace import DEFAULT_INSTRUCTION, parse_layers, record, trace
 
-DECODER_FAMILIES = [f for f in family_names() if f != "whisper"]
+DECODER_FAMILIES = family_names()  # whisper too: its decoder over the transcription prompt
+ENCODER_FAMILIES = family_names()
 
 
 def _hidden_states(adapter, batch):
@@ -25,7 +26,7 @@ def _hidden_states(adapter, batch):
             out = adapter.model(**batch.inputs, output_hidden_states=True)
     finally:
         handle.remove()
-    hs = out.hidden_states
+    hs = getattr(out, "decoder_hidden_states", None) or out.hidden_states
     if hasattr(out, "language_model_outputs"):
         hs = out.language_model_outputs.hidden_states
     return hs, captured["last"], out.logits
@@ -52,6 +53,9 @@ def test_store_equals_hidden_states(family, tiny_adapter, tones, tmp_path):
             normed = adapter.final_norm(torch.from_numpy(last)[None])[0]
             torch.testing.assert_close(normed, hs[-1][0], rtol=1e-5, atol=1e-5)
             assert not np.allclose(last, hs[-1][0].numpy())
+            if adapter.family == "whisper":  # its audio is in the encoder, not the decoder's residual
+                assert not store.positions["is_audio"][store.rows([i])].any()
+                continue
             # stored audio positions are where the adapter says audio is, with their times
             rows_i = store.rows([i])
             is_audio = store.positions["is_audio"][rows_i]
@@ -126,22 +130,46 @@ def test_agrees_with_transformer_lens_bridge(tiny_model_dir, tiny_adapter, tones
             torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"], ours[str(i)], rtol=1e-4, atol=1e-4)
 
 
-def test_encoder_component_records_frames(tiny_adapter, tones, tmp_path):
-    adapter = tiny_adapter("qwen2-audio")
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_encoder_component_records_frames(family, tiny_adapter, tones, tmp_path):
+    """--component encoder: the audio encoder's own hidden states, over the frames of real audio."""
+    adapter = tiny_adapter(family)
     rows = read_manifest(tones(2))
-    trace(adapter, rows, tmp_path / "enc.h5", layers="all", positions="audio", dtype="float32", component="encoder")
+    trace(adapter, rows, tmp_path / "enc.h5", layers="all", positions="audio", dtype="float32", component="encoder",
+          batch_size=1)
+    encoder = adapter.module(adapter.encoder_layers_path.rsplit(".", 1)[0])
     with ActivationStore(tmp_path / "enc.h5") as store:
         assert store.attrs["component"] == "encoder"
+        assert store.layers == ["embed"] + [str(i) for i in range(len(adapter.encoder_layers))]
         for i, row in enumerate(rows):
             r = store.rows([i])
             ends = store.positions["time_end"][r]
-            assert ends.max() == pytest.approx(store.items["audio_seconds"][i])
-            assert len(r) == int(np.ceil(store.items["audio_seconds"][i] / 0.02))
-            # against the encoder's own hidden states
+            # the last frame ends at the audio's end (Phi-4's feature extractor drops a final partial hop)
+            assert 0 <= store.items["audio_seconds"][i] - ends.max() < adapter.encoder_seconds_per_frame
+            assert (store.positions["time_start"][r] < store.items["audio_seconds"][i]).all()
+            # independently of nnsight: plain torch hooks on the encoder blocks
             batch = adapter.prepare([load_audio(row["audio"])], ["x"])
-            with torch.no_grad():
-                hs = adapter.module("model.audio_tower")(batch.inputs["input_features"], output_hidden_states=True).hidden_states
-            np.testing.assert_array_equal(store.read(0, items=[i]), hs[1][0, :len(r)].numpy())
+            kwargs, spans = adapter.encoder_inputs(batch)
+            assert len(r) == len(spans[0].positions)
+            if family != "phi4-mm":  # Conformer frames are 80 ms and counted by the processor's rule
+                assert len(r) == int(np.ceil(round(store.items["audio_seconds"][i] / adapter.encoder_seconds_per_frame, 6)))
+            seen = {}
+
+            def keep(name, value):
+                seen.setdefault(name, value[0] if isinstance(value, tuple) else value)
+
+            blocks = adapter.encoder_layers
+            handles = [blocks[0].register_forward_pre_hook(
+                lambda m, args, kw: keep("embed", args[0] if args else next(iter(kw.values()))), with_kwargs=True)]
+            handles += [b.register_forward_hook(lambda m, a, o, k=str(k): keep(k, o)) for k, b in enumerate(blocks)]
+            try:
+                with torch.no_grad():
+                    encoder(**kwargs)
+            finally:
+                for h in handles:
+                    h.remove()
+            for layer in store.layers:
+                np.testing.assert_array_equal(store.read(layer, items=[i]), seen[layer][0, :len(r)].numpy())
 
 
 def test_parse_layers():
