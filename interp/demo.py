@@ -78,8 +78,29 @@ def run_demo(out: str | Path, progress: Progress | None = None, n_per_task: int 
 
 
 def _mechanistic(speech, store: Path, clean: list, out: Path, bar) -> dict:
-    """Probes, logit lens and erasure, where those modules are present."""
-    return {}
+    """Probes (label, energy, ctc) and the logit lens on the speech LLM's store, with their plots."""
+    from interp.lens import TokenForms, emit_manifest, lens_store, write_lens
+    from interp.plots import write_lens_plots, write_probe_plot
+    from interp.probes import ProbeConfig, plan_probe, run_probe
+    from interp.store import ActivationStore
+
+    outputs: dict = {"probes": {}}
+    config = ProbeConfig(folds=3, ctc_epochs=20)  # a handful of demo items
+    with ActivationStore(store) as st:
+        for target in ("label", "energy", "ctc"):
+            plan = plan_probe(st, target, config=config)
+            advance = bar(f"probe {target}", len(plan.layers))
+            result = run_probe(plan, on_layer=lambda _: advance(1))
+            write_json(out / "probes" / f"{target}.json", result.to_dict())
+            outputs["probes"][target] = str(write_probe_plot(result, out / "probes" / f"{target}.png"))
+        advance = bar("logit lens", len(st.layers))
+        lens = lens_store(speech, st, on_layer=lambda _: advance(1))
+    last = lens.layers[-1]
+    files = [write_lens(lens, out / "lens" / "lens.jsonl", speech.tokenizer)]
+    files += write_lens_plots(lens, TokenForms(speech.tokenizer), out / "lens" / "lens.png")
+    files.append(emit_manifest(lens, last, out / "lens" / f"implicit_L{last}.jsonl"))
+    outputs["lens"] = ", ".join(map(str, files))
+    return outputs
 
 
 def describe(outputs: dict) -> list[tuple[str, str]]:
@@ -89,6 +110,10 @@ def describe(outputs: dict) -> list[tuple[str, str]]:
             ("activation stores", ", ".join(outputs["stores"].values())),
             ("predictions", ", ".join(outputs["predictions"])),
             ("agreement report", outputs["compare"]["markdown"])]
-    rows += [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in outputs.items()
-             if k in ("probes", "lens", "erase")]
+    for key in ("probes", "lens", "erase"):
+        value = outputs.get(key)
+        if isinstance(value, dict):
+            rows += [(f"{key}: {k}", str(v)) for k, v in value.items()]
+        elif value:
+            rows.append((key, str(value)))
     return rows

@@ -105,7 +105,7 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
             with root.trace(**batch.inputs, fn=adapter.model.generate, streamer=collect, **gen_kwargs) as tracer:
                 step = 0
                 for _ in tracer.all():
-                    if step == 0: _apply_all(adapter, batch, interventions, step)
+                    _apply_all(adapter, batch, interventions, step)
                     step += 1
         seq = torch.cat(collect.chunks, dim=1)
         return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
