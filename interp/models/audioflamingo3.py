@@ -19,11 +19,8 @@ import numpy as np
 import torch
 
 from interp.errors import InterpError
-from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask
+from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask, whisper_pooled_positions
 
-
-def n_audio_tokens(mel_frames: int) -> int:
-    return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
 class AudioFlamingo3(SpeechLM):
@@ -52,7 +49,7 @@ class AudioFlamingo3(SpeechLM):
         mel = inputs["input_features_mask"].sum(-1)
         if len(mel) != len(waveforms):
             raise InterpError(f"{self.family}: expected one 30 s window per item, got {len(mel)} for {len(waveforms)}")
-        counts = [n_audio_tokens(int(n)) for n in mel]
+        counts = [whisper_pooled_positions(int(n)) for n in mel]
         ids = inputs["input_ids"]
         spans = spans_from_mask(ids == self.model.config.audio_token_id, counts, self.seconds_per_audio_position, durations)
         batch = Batch(dict(inputs), ids, inputs["attention_mask"], spans, durations, truncated)

@@ -242,6 +242,12 @@ def _as_dtype(dtype) -> torch.dtype:
     return table[dtype]
 
 
+def whisper_pooled_positions(mel_frames: int) -> int:
+    """Audio positions for `mel_frames` 10 ms frames through a Whisper encoder (stride-2 conv)
+    followed by average pooling by 2, as in Qwen2-Audio and Audio Flamingo 3."""
+    return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
 def spans_from_mask(is_audio: torch.Tensor, counts: Sequence[int], seconds_per_position: float,
                     durations: Sequence[float]) -> list[AudioSpan]:
     """Audio spans from a (batch, seq) placeholder mask; checks each item has `counts[i]` of them."""

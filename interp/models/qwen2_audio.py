@@ -9,11 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask
+from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask, whisper_pooled_positions
 
-
-def n_audio_tokens(mel_frames: int) -> int:
-    return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
 class Qwen2Audio(SpeechLM):
@@ -45,7 +42,7 @@ class Qwen2Audio(SpeechLM):
         self.processor.tokenizer.padding_side = padding_side
         inputs = self.processor(text=[self.prompt_text(t) for t in instructions], audio=list(waveforms),
                                 sampling_rate=self.sampling_rate, return_tensors="pt", padding=True)
-        counts = [n_audio_tokens(int(n)) for n in inputs["feature_attention_mask"].sum(-1)]
+        counts = [whisper_pooled_positions(int(n)) for n in inputs["feature_attention_mask"].sum(-1)]
         ids = inputs["input_ids"]
         spans = spans_from_mask(ids == self.model.config.audio_token_id, counts, self.seconds_per_audio_position, durations)
         batch = Batch(dict(inputs), ids, inputs["attention_mask"], spans, durations, truncated)
