@@ -21,15 +21,15 @@ models_app = typer.Typer(help="Supported model families and tiny test checkpoint
 app.add_typer(models_app, name="models")
 
 
-def progress_bar():
-    """A rich progress bar with items/s and ETA, on stderr."""
+def progress_bar(unit: str = "items"):
+    """A rich progress bar with a rate (items/s, layers/s, ...) and ETA, on stderr."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     class Rate(TextColumn):
         def render(self, task):
             speed = task.finished_speed or task.speed
-            return f"{speed:.2f} items/s" if speed else "-- items/s"
+            return f"{speed:.2f} {unit}/s" if speed else f"-- {unit}/s"
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(""),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
@@ -38,12 +38,12 @@ def progress_bar():
 class LazyBar:
     """A progress bar that appears only once work starts, so early errors print alone."""
 
-    def __init__(self, description: str, total: int):
-        self.description, self.total, self.bar, self.task = description, total, None, None
+    def __init__(self, description: str, total: int, unit: str = "items"):
+        self.description, self.total, self.unit, self.bar, self.task = description, total, unit, None, None
 
     def advance(self, n: int = 1) -> None:
         if self.bar is None:
-            self.bar = progress_bar()
+            self.bar = progress_bar(self.unit)
             self.bar.start()
             self.task = self.bar.add_task(self.description, total=self.total)
         self.bar.advance(self.task, n)
@@ -56,6 +56,27 @@ class LazyBar:
             if exc_type is not None:  # leave the error line alone on screen
                 self.bar.live.transient = True
             self.bar.stop()
+
+
+class StageBars:
+    """One LazyBar per stage of a multi-stage job; starting a stage closes the previous bar
+    (rich shows one live display at a time). Call it as `progress(description, total)`."""
+
+    def __init__(self):
+        self.current: Optional[LazyBar] = None
+
+    def __call__(self, description: str, total: int, unit: str = "items"):
+        if self.current is not None:
+            self.current.__exit__(None)
+        self.current = LazyBar(description, total, unit)
+        return self.current.advance
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if self.current is not None:
+            self.current.__exit__(exc_type)
 
 
 @models_app.callback()
@@ -105,17 +126,8 @@ def demo_cmd(out: Path = typer.Option(Path("interp-demo"), "--out", help="folder
 
     from interp.demo import describe, run_demo
 
-    bars: list[LazyBar] = []
-
-    def stage(name: str, total: int):
-        bars.append(LazyBar(name, total))
-        return bars[-1].advance
-
-    try:
-        outputs = run_demo(out, progress=stage, n_per_task=n_per_task)
-    finally:
-        for b in bars:
-            b.__exit__(None)
+    with StageBars() as stages:
+        outputs = run_demo(out, progress=stages, n_per_task=n_per_task)
     print_accuracy_rows(outputs["accuracy"])
     table = Table("output", "where", title="interp demo")
     for what, where in describe(outputs):
@@ -676,23 +688,11 @@ def erase_cmd(
     names = [c.strip() for c in controls.split(",") if c.strip()]
     rows = read_manifest(data, limit=limit)
     out = out or Path(f"erase-{concept.replace('+', '_')}")
-    stages: List[LazyBar] = []  # one bar per stage; rich shows one live display at a time
-
-    def progress(description: str, total: int):
-        if stages:
-            stages[-1].__exit__(None, None, None)
-        stages.append(LazyBar(description, total))
-        return stages[-1].advance
-
-    with ActivationStore(fit_store) as store:
+    with ActivationStore(fit_store) as store, StageBars() as progress:
         adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
-        try:
-            result = erase_experiment(adapter, rows, store, concept, layers, out, positions=positions, affine=affine,
-                                      controls=names, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
-                                      holdout=holdout, refit=refit, progress=progress)
-        finally:
-            if stages:
-                stages[-1].__exit__(*sys.exc_info())
+        result = erase_experiment(adapter, rows, store, concept, layers, out, positions=positions, affine=affine,
+                                  controls=names, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
+                                  holdout=holdout, refit=refit, progress=progress)
     paths = write_erase_report(result, out)
     header, body = table7(result)
     table = Table(title=f"accuracy (%) with '{escape(result.concept)}' erased at layers {','.join(map(str, result.layers))}")

@@ -58,7 +58,7 @@ ACOUSTIC = "energy+pitch"
 # ---- the frozen result ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LayerEraser:
     """One layer's eraser x -> x - ((x - bias) @ proj_right.T) @ proj_left.T: identity minus rank r.
 
@@ -106,7 +106,7 @@ class LayerEraser:
         return (x_ - (delta @ right.T) @ left.T).to(x.dtype)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Eraser:
     """Erasers of one concept at several layers of one model: frozen, saved with safetensors.
 
@@ -607,17 +607,29 @@ class ReprobeResult:
     layers: list[ReprobeLayer]
 
 
-def _spaced(store: ActivationStore, rows: np.ndarray, per_item: int | None) -> np.ndarray:
-    if per_item is None:
+def _sample_rows(rows: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    """A uniform random subset of rows (sorted). Uniform on purpose: the eraser's guarantee holds
+    on the distribution of rows it was fitted on, and a per-item selection that over-weights some
+    positions (say each item's first and last) can read back a concept encoded differently there."""
+    if max_rows is None or len(rows) <= max_rows:
         return rows
-    owner = store.row_items(rows)
-    keep = []
-    for i in np.unique(owner):
-        r = rows[owner == i]
-        if len(r) > per_item:
-            r = r[np.unique(np.linspace(0, len(r) - 1, per_item).round().astype(int))]
-        keep.append(r)
-    return np.concatenate(keep) if keep else rows[:0]
+    return np.sort(np.random.default_rng(seed).choice(rows, size=max_rows, replace=False))
+
+
+def _span_coordinates(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows in an orthonormal basis of the training rows' span, when that is narrower than d.
+
+    An L2-penalised linear model's weights lie in the span of its training rows, so fitting on
+    these coordinates gives the same predictions at the same penalty (the exact change of
+    variables `interp.probes` uses): a 4096-d state over 1,000 rows becomes a 1,000-d problem.
+    """
+    n, d = train.shape
+    if d <= n:
+        return train, test
+    evals, U = np.linalg.eigh(train @ train.T)
+    keep = evals > max(evals.max(), 1e-30) * 1e-9
+    basis = train.T @ (U[:, keep] / np.sqrt(evals[keep]))  # (d, r) orthonormal
+    return train @ basis, test @ basis
 
 
 def probe_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, folds: int = 2, seed: int = 0) -> tuple[float, float]:
@@ -643,16 +655,18 @@ def probe_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, fo
         return list(GroupKFold(k, shuffle=True, random_state=seed).split(labels, groups=g))
 
     scores, bases = [], []
-    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+    # lbfgs on small problems is dominated by BLAS thread hand-offs; big ones keep the threads
+    threads = 1 if X.size < 4_000_000 else None
+    with warnings.catch_warnings(), threadpool_limits(threads, user_api="blas"):
         warnings.simplefilter("ignore")
         for train, test in splitter(folds, y, groups):
             scaler = StandardScaler().fit(X[train])
-            xtr, xte = scaler.transform(X[train]), scaler.transform(X[test])
+            xtr, xte = _span_coordinates(scaler.transform(X[train]), scaler.transform(X[test]))
             inner = splitter(3, y[train], groups[train])
             if kind == "classes":
                 if len(np.unique(y[train])) < 2:
                     continue
-                clf = LogisticRegressionCV(Cs=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], cv=inner, scoring="neg_log_loss", max_iter=300)
+                clf = LogisticRegressionCV(Cs=[1e-4, 1e-3, 1e-2, 1e-1, 1.0], cv=inner, scoring="neg_log_loss", max_iter=300)
                 clf.fit(xtr, y[train])
                 scores.append(float((clf.predict(xte) == y[test]).mean()))
                 bases.append(float((y[test] == np.bincount(y[train]).argmax()).mean()))
@@ -667,11 +681,12 @@ def probe_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, fo
 
 
 def reprobe(store: ActivationStore, concept: Concept, erasers: Mapping[str, Eraser], layers: Sequence[int],
-            folds: int = 2, seed: int = 0, max_positions: int | None = 16,
+            folds: int = 2, seed: int = 0, max_rows: int | None = 2000,
             on_layer: Callable[[int], None] | None = None) -> ReprobeResult:
     """Train fresh probes for `concept` on the rows it covers (held-out items: restrict it
-    first) at each layer: on the stored activations and on each eraser's output."""
-    rows = _spaced(store, concept.rows, max_positions)
+    first) at each layer: on the stored activations and on each eraser's output. At most
+    `max_rows` rows, drawn uniformly, keep it affordable for wide models."""
+    rows = _sample_rows(concept.rows, max_rows, seed)
     groups = store.row_items(rows)
     z = concept.z(rows)
     y = z.argmax(1) if concept.kind == "classes" else z
@@ -724,22 +739,16 @@ def _slug(name: str) -> str:
 
 
 def split_items(store: ActivationStore, concept: Concept, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(fit items, held-out items): a seeded `holdout` fraction of the store's items kept out,
-    drawn per class for class concepts so both sides keep the class proportions."""
+    """(fit items, held-out items) among the items that carry the concept: a seeded `holdout`
+    fraction kept out, drawn per class for class concepts so both sides keep the class mix."""
     if not 0.0 <= holdout < 1.0:
         raise InterpError(f"--holdout must be in [0, 1), got {holdout}")
     rng = np.random.default_rng(seed)
-    strata = np.zeros(store.n_items, dtype=np.int64)
-    if concept.kind == "classes" and len(concept.rows):
-        items, first = np.unique(store.row_items(concept.rows), return_index=True)
-        strata[:] = -1  # items without the concept form their own stratum
-        strata[items] = concept.z(concept.rows[first]).argmax(1)
-    held = []
-    for s in np.unique(strata):
-        members = rng.permutation(np.flatnonzero(strata == s))
-        held.append(members[: int(round(holdout * len(members)))])
+    items, first = np.unique(store.row_items(concept.rows), return_index=True)
+    strata = concept.z(concept.rows[first]).argmax(1) if concept.kind == "classes" else np.zeros(len(items), np.int64)
+    held = [rng.permutation(items[strata == s])[: int(round(holdout * (strata == s).sum()))] for s in np.unique(strata)]
     held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
-    return np.setdiff1d(np.arange(store.n_items), held), held
+    return np.setdiff1d(items, held), held
 
 
 def _load_or_fit(path: Path, adapter, store, concept: Concept, layers, positions, affine, refit, fit_items, device,
@@ -781,6 +790,14 @@ def erase_experiment(adapter, rows: Sequence[dict], store: ActivationStore, conc
         raise InterpError("--batch-size must be at least 1")
     if not rows:
         raise InterpError("the manifest holds no items to answer")
+    no_task = [str(r.get("id")) for r in rows if not r.get("task")]
+    if no_task:
+        raise InterpError(f"{len(no_task)} manifest item(s) have no 'task' (e.g. '{no_task[0]}'); the behavioural "
+                          "evaluation needs the task of every item")
+    from tasks import get_task
+
+    for name in sorted({str(r["task"]) for r in rows}):
+        get_task(name)  # an unknown task fails here, before any fitting
     out = Path(out)
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}

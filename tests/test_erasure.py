@@ -284,4 +284,8 @@ def test_erase_cli_bad_input(real, run_cli, tmp_path):
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", no_audio,
                            "--concept", "label", "--layers", "0", "--positions", "audio", "--out", tmp_path / "z")
     _one_line_error(code, err, "store has no audio spans")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    other = synthetic_store(tmp_path / "other.h5", n_items=4, d=adapter.d_model, layers=("0", "1", "2", "3"))
+    code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", other,
+                           "--concept", "label", "--layers", "0", "--out", tmp_path / "w")
+    _one_line_error(code, err, "traced from another model")
+    assert not any((tmp_path / d).exists() for d in "xyzw")
