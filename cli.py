@@ -554,9 +554,8 @@ def probe_cmd(
     config = ProbeConfig(folds=folds, seed=seed, max_positions=max_positions, device=device)
     with ActivationStore(store) as st:
         plan = plan_probe(st, target, layers=layers, positions=positions, kind=kind, config=config)
-        with progress_bar() as bar:
-            task = bar.add_task(f"probe {target}", total=len(plan.layers))
-            result = run_probe(plan, on_layer=lambda s: bar.advance(task))
+        with LazyBar(f"probe {target}", len(plan.layers), unit="layers") as bar:
+            result = run_probe(plan, on_layer=lambda _: bar.advance())
     stem = store.with_name(f"{store.stem}_probe_{target}")
     out = out or stem.with_suffix(".json")
     plot = plot or out.with_suffix(".png")
@@ -619,10 +618,9 @@ def lens_cmd(
         from interp.manifest import read_manifest
 
         rows = read_manifest(data, limit=limit)
-        with progress_bar() as bar:
-            task = bar.add_task("lens", total=len(rows))
+        with LazyBar("lens", len(rows)) as bar:
             result = lens_live(adapter, rows, layers=layers, positions=positions, top_k=top_k, batch_size=batch_size,
-                               prompt=prompt, on_items_done=lambda n: bar.advance(task, n))
+                               prompt=prompt, on_items_done=bar.advance)
     else:
         from interp.store import ActivationStore
 
@@ -630,10 +628,9 @@ def lens_cmd(
             from interp.lens import check_store_model
 
             check_store_model(st, adapter)
-            with progress_bar() as bar:
-                task = bar.add_task("lens layers", total=len(st.resolve_layers(layers)))
+            with LazyBar("lens", len(st.resolve_layers(layers)), unit="layers") as bar:
                 result = lens_store(adapter, st, layers=layers, positions=positions, top_k=top_k,
-                                    on_layer=lambda _: bar.advance(task))
+                                    on_layer=lambda _: bar.advance())
     out = out or source.with_name(f"{source.stem}_lens.jsonl")
     plot = plot or out.with_suffix(".png")
     forms = TokenForms(adapter.tokenizer)

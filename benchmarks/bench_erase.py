@@ -136,7 +136,7 @@ def bench_forward(folder: Path, device: str, repeats: int, rank: int = 32, new_t
     from interp.interventions import Erase
     from interp.models import load_model
     from interp.models.qwen2_audio import Qwen2Audio
-    from interp.run import run
+    from interp.forward import run
 
     model_dir = Qwen2Audio.make_tiny(folder / "model", d_model=512, n_layers=8, encoder_layers=4, encoder_d_model=512)
     adapter = load_model(model_dir, device=device)

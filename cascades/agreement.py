@@ -180,7 +180,10 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, center - half)), float(min(1.0, center + half))
+    # exact bounds at the edges (the formula leaves ~1e-17 of rounding there)
+    low = 0.0 if k == 0 else max(0.0, center - half)
+    high = 1.0 if k == n else min(1.0, center + half)
+    return float(low), float(high)
 
 
 def error_overlap_given_correct(

@@ -71,7 +71,7 @@ def answer_speech(adapter: SpeechLM, rows: Sequence[dict], *, system: str, inter
                   max_new_tokens: int = 32, on_items_done: Callable[[int], None] | None = None,
                   on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Greedy answers of a speech LLM to each item's speech prompt, parsed and scored."""
-    from interp.run import run
+    from interp.forward import run
 
     tok = adapter.tokenizer
     stop = _stop_ids(tok, adapter.model)

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name == "run":
-        from interp.run import run
+        from interp.forward import run
 
         return run
     raise AttributeError(f"module 'interp' has no attribute {name!r}")

@@ -78,7 +78,7 @@ def run_demo(out: str | Path, progress: Progress | None = None, n_per_task: int 
 
 
 def _mechanistic(speech, store: Path, clean: list, out: Path, bar) -> dict:
-    """Probes (label, energy, ctc) and the logit lens on the speech LLM's store, with their plots."""
+    """Probes (label, energy, ctc), the logit lens and a LEACE erasure experiment on the speech LLM's store."""
     from interp.lens import TokenForms, emit_manifest, lens_store, write_lens
     from interp.plots import write_lens_plots, write_probe_plot
     from interp.probes import ProbeConfig, plan_probe, run_probe
@@ -100,6 +100,15 @@ def _mechanistic(speech, store: Path, clean: list, out: Path, bar) -> dict:
     files += write_lens_plots(lens, TokenForms(speech.tokenizer), out / "lens" / "lens.png")
     files.append(emit_manifest(lens, last, out / "lens" / f"implicit_L{last}.jsonl"))
     outputs["lens"] = ", ".join(map(str, files))
+
+    # LEACE erasure of the label at every block, kept on through generation, with its random control
+    from interp.erasure import erase_experiment, write_erase_report
+
+    layers = ",".join(str(i) for i in range(speech.n_layers))
+    with ActivationStore(store) as st:
+        result = erase_experiment(speech, clean, st, "label", layers, out / "erase", batch_size=4, max_new_tokens=8,
+                                  holdout=0.3, controls=("random",), progress=bar)
+    outputs["erase"] = {k: str(v) for k, v in write_erase_report(result, out / "erase").items()}
     return outputs
 
 

@@ -13,7 +13,7 @@ from interp.erasure import Eraser, LayerEraser
 from interp.interventions import (Ablate, Edit, Erase, MeanAblate, Record, Steer, StepContext, Zero,
                                   position_masks)
 from interp.manifest import read_manifest
-from interp.run import run
+from interp.forward import run
 
 GEN = dict(max_new_tokens=5, min_new_tokens=5)  # min: no early stop, so every item takes every step
 

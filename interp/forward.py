@@ -1,5 +1,5 @@
-"""Run a speech LLM on a prepared batch, with interventions, for one forward pass or a whole
-generation: `interp.run(adapter, batch, interventions=[...], generate=True)`.
+"""Forward passes and generations with interventions: `interp.run(adapter, batch,
+interventions=[...], generate=True)` (this module's `run`, exported by the package).
 
 With no interventions it is a plain forward / `generate` call. With interventions it is one
 nnsight trace whose body visits the decoder blocks in order and lets each intervention
@@ -10,8 +10,6 @@ they come back even though the step loop is open-ended.
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -110,14 +108,3 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
         seq = torch.cat(collect.chunks, dim=1)
         return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
 
-
-class _CallableModule(types.ModuleType):
-    """`interp.run` is both this module and its function: importing the module (as
-    `from interp.run import run` does) binds the package attribute `interp.run` to the
-    module, so the module itself must be callable for `interp.run(model, batch, ...)`."""
-
-    def __call__(self, *args, **kwargs) -> RunResult:
-        return run(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
