@@ -219,6 +219,38 @@ class Patch(Intervention):
     def edit(self, rows, layer, ctx):
         return self.source[layer](rows, layer, ctx)
 
+    @classmethod
+    def from_store(cls, store, batch, ids, layers, positions: str | Sequence[int] = "audio") -> "Patch":
+        """Patch this batch with residuals recorded in a store (`interp trace --positions all`).
+
+        Item `ids[i]` of the store patches item `i` of `batch`: each stored row goes to the
+        batch position of its `positions/index` (its place in the unpadded prompt), so the
+        store's items must have been traced with the same prompt layout (same model, same
+        instruction, audio of the same length, e.g. a clean/noisy pair of one utterance).
+        """
+        if store.attrs.get("positions") != "all" or store.attrs.get("component", "decoder") != "decoder":
+            raise InterpError(
+                "Patch.from_store needs a decoder store traced with --positions all")
+        if len(ids) != len(batch):
+            raise InterpError(f"{len(ids)} store ids for a batch of {len(batch)}; give one id per batch item")
+        index = {str(i): k for k, i in enumerate(store.ids)}
+        missing = [i for i in ids if str(i) not in index]
+        if missing:
+            raise InterpError(f"item '{missing[0]}' is not in the store {store.path}")
+        mask = batch.attention_mask.bool().cpu()
+        sources = {}
+        for layer in layers:
+            full = torch.zeros(*mask.shape, store.d_model, dtype=torch.float32)
+            for b, item_id in enumerate(ids):
+                rows = store.rows([index[str(item_id)]])
+                where = torch.as_tensor(store.positions["index"][rows]) + int(torch.nonzero(mask[b])[0])
+                if len(rows) != int(mask[b].sum()):
+                    raise InterpError(f"store item '{item_id}' has {len(rows)} positions but batch item {b} has "
+                                      f"{int(mask[b].sum())}; patch between items of the same prompt length")
+                full[b, where] = store.read(layer, rows=rows, torch=True)
+            sources[int(layer)] = full
+        return cls(layers=[int(l) for l in layers], positions=positions, source=sources)
+
 
 @dataclass
 class Edit(Intervention):

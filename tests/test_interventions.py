@@ -202,3 +202,33 @@ def test_random_ablation_is_seeded_and_projects_out(padded):
     assert torch.equal(a._basis, b._basis)
     rows = torch.randn(10, adapter.d_model)
     assert (a.edit(rows, 1, None).double() @ a._basis).abs().max() < 1e-5
+
+
+def test_patch_from_store_restores_the_recorded_run(tiny_adapter, tmp_path):
+    """Patching block 1 of a run on other audio with a stored run's block 1 makes every later
+    block equal the stored run's; positions keep their place under left padding."""
+    import numpy as np
+
+    from interp.audio import write_wav
+    from interp.interventions import Patch
+    from interp.store import ActivationStore
+    from interp.trace import trace
+
+    adapter = tiny_adapter("qwen2-audio")
+    rng = np.random.default_rng(3)
+    rows, other = [], []
+    for i, seconds in enumerate((0.8, 1.6)):
+        for name, group in (("a", rows), ("b", other)):
+            path = tmp_path / f"{name}{i}.wav"
+            write_wav(path, (0.2 * rng.standard_normal(int(16000 * seconds))).astype(np.float32))
+            group.append({"id": f"{name}{i}", "audio": str(path)})
+    trace(adapter, rows, tmp_path / "a.h5", layers="all", positions="all", dtype="float32", batch_size=2, prompt="Hi")
+    batch = adapter.prepare([load_audio(r["audio"]) for r in other], ["Hi", "Hi"], padding_side="left")
+    with ActivationStore(tmp_path / "a.h5") as store:
+        patch = Patch.from_store(store, batch, ["a0", "a1"], layers=[1], positions="all")
+        rec = Record(layers=[3], positions="all")
+        run(adapter, batch, [patch, rec])
+        _, _, patched = rec.saved[3][0]
+        torch.testing.assert_close(patched, store.read(3, rows=store.rows([0, 1]), torch=True), rtol=1e-4, atol=1e-4)
+        with pytest.raises(InterpError, match="not in the store"):
+            Patch.from_store(store, batch, ["a0", "zz"], layers=[1])
