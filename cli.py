@@ -133,8 +133,8 @@ def demo_cmd(out: Path = typer.Option(Path("interp-demo"), "--out", help="folder
     for what, where in describe(outputs):
         table.add_row(what, where)
     Console().print(table)
-    console.print("the demo models have tiny random weights: answers are noise and scores sit at chance; the demo "
-                  "shows every step running and what it writes. Point the same commands at real checkpoints for science.")
+    console.print("the demo's speech LLM is tiny and was taught the demo items' answers (Whisper stays random), so "
+                  "its scores describe the demo, not speech LLMs; point the same commands at real checkpoints for science.")
     console.print(f"everything is in [bold]{out.resolve()}[/] (summary: {out / 'summary.json'})")
 
 

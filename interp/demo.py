@@ -1,10 +1,14 @@
 """`interp demo`: every capability of the toolkit, end to end, on built-in tiny models and
 built-in speech, in one output folder.
 
-The models are tiny random checkpoints of the real classes (Qwen2-Audio as the speech LLM,
-Whisper as ASR and encoder control), so numbers are meaningless; what the demo shows is that
-each step runs and what it writes. Each step is a library call that the CLI could make on
-its own; `run_demo` returns a dict of what was written, step by step.
+The models are tiny checkpoints of the real classes (Qwen2-Audio as the speech LLM, Whisper as
+ASR and encoder control). So that there is a behaviour to explain, the speech LLM is first
+taught the demo items' answers (`teach_answers`: a few dozen AdamW steps on the clean items,
+which it memorises); Whisper stays random, so the cascade answers from noise. Scores are about
+the demo, not about speech LLMs: what the demo shows is each step running, what it writes, and
+that the instruments see the effects they should (an erased concept drops accuracy, a random
+subspace of the same rank does not). Each step is a library call that the CLI could make on its
+own; `run_demo` returns a dict of what was written, step by step.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ def run_demo(out: str | Path, progress: Progress | None = None, n_per_task: int 
     clean, noisy = read_manifest(data["clean"]), read_manifest(data["noisy"][0.0])
     outputs["data"] = {"clean": str(data["clean"]), "noisy_0db": str(data["noisy"][0.0])}
     speech = load_model(models["qwen2-audio"], device="cpu")
+    losses = teach_answers(speech, clean, on_step=bar("teach the speech LLM", TEACH_STEPS))
+    speech.model.save_pretrained(models["qwen2-audio"])
+    outputs["teach_loss"] = {"first": round(losses[0], 4), "last": round(losses[-1], 4), "steps": len(losses)}
     whisper = load_model(models["whisper"], device="cpu")
 
     # 2. traces: the speech LLM's residual stream, and Whisper's encoder as the control model
@@ -75,6 +82,53 @@ def run_demo(out: str | Path, progress: Progress | None = None, n_per_task: int 
     outputs.update(_mechanistic(speech, store, clean, out, bar))
     write_json(out / "summary.json", outputs)
     return outputs
+
+
+TEACH_STEPS = 40
+
+
+def teach_answers(adapter, rows: list, steps: int = TEACH_STEPS, lr: float = 3e-3, seed: int = 0,
+                  on_step: Callable[[int], None] | None = None) -> list[float]:
+    """Train the whole model (teacher forcing) to answer each item's speech prompt with its label.
+
+    One batch of every item, left-padded, the label and the end-of-turn token appended after
+    the prompt; the loss counts only the answer tokens. Returns the loss per step.
+    """
+    import torch
+
+    from interp.audio import load_audio
+    from tasks import get_task
+
+    tok = adapter.tokenizer
+    batch = adapter.prepare([load_audio(r["audio"], adapter.sampling_rate) for r in rows],
+                            [get_task(r["task"]).speech_prompt(r) for r in rows], padding_side="left")
+    end = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else tok.eos_token
+    answers = [tok(str(r["label"]) + end, add_special_tokens=False)["input_ids"] for r in rows]
+    width = max(map(len, answers))
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, a in enumerate(answers):
+        ids[i, :len(a)], mask[i, :len(a)] = torch.tensor(a), 1
+    inputs = dict(batch.inputs)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask], 1)
+    labels = torch.cat([torch.full_like(batch.inputs["input_ids"], -100), ids.masked_fill(mask == 0, -100)], 1)
+    torch.manual_seed(seed)
+    optimiser = torch.optim.AdamW(adapter.model.parameters(), lr=lr)
+    adapter.model.train()
+    losses = []
+    try:
+        for _ in range(steps):
+            loss = adapter.model(**inputs, labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.detach().item())
+            if on_step:
+                on_step(1)
+    finally:
+        adapter.model.eval()
+    return losses
 
 
 def _mechanistic(speech, store: Path, clean: list, out: Path, bar) -> dict:

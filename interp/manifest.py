@@ -56,15 +56,29 @@ def read_manifest(path: str | os.PathLike, limit: int | None = None, require_aud
     return rows
 
 
-def write_manifest(path: str | os.PathLike, rows: list[dict], relative: bool = True) -> None:
-    """Write rows atomically; audio paths are made relative to the manifest's folder when possible."""
+def write_manifest(path: str | os.PathLike, rows: list[dict], relative: bool = True,
+                   staged: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
+    """Write rows atomically; audio paths are made relative to the manifest's folder when possible.
+
+    `staged=(stage, final)`: the manifest is written inside a staging folder that will be
+    moved to `final`, so relative paths are computed from where the manifest will end up
+    (files inside the stage move with it; files outside it stay where they are).
+    """
     path = Path(path)
+    folder = path.parent.resolve()
+    stage = None
+    if staged is not None:
+        stage, final = Path(staged[0]).resolve(), Path(staged[1]).resolve()
+        folder = final / folder.relative_to(stage)
     out = []
     for row in rows:
         row = dict(row)
         if relative and row.get("audio"):
+            audio = Path(row["audio"]).resolve()
+            if stage is not None and audio.is_relative_to(stage):
+                audio = final / audio.relative_to(stage)
             try:
-                row["audio"] = os.path.relpath(Path(row["audio"]).resolve(), path.parent.resolve())
+                row["audio"] = os.path.relpath(audio, folder)
             except ValueError:
                 pass
         out.append(row)

@@ -416,5 +416,5 @@ def write_dataset(rows: list[dict], out: str | Path, sample_rate: int = 16000,
             row["source_audio"], row["audio"] = row["audio"], str(wav)
             if on_item:
                 on_item(row["id"])
-        write_manifest(stage / out.name, rows)
+        write_manifest(stage / out.name, rows, staged=(stage, out.parent))
     return out

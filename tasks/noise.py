@@ -258,5 +258,5 @@ def add_noise(manifest: str | Path, snrs: Sequence[float] | str, noise: str, out
             if on_item:
                 on_item(row["id"])
         for snr, out_rows in noisy.items():
-            write_manifest(stage / snr_tag(snr) / "manifest.jsonl", out_rows)
+            write_manifest(stage / snr_tag(snr) / "manifest.jsonl", out_rows, staged=(stage, out_dir))
     return {snr: Path(out_dir) / snr_tag(snr) / "manifest.jsonl" for snr in snrs}

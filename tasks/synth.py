@@ -75,7 +75,7 @@ def synthesize(rows: Sequence[dict], out_dir: str | Path, *, task: str | None = 
                              **({"source_id": row["id"]} if renditions > 1 else {})})
             if on_item:
                 on_item(item_id)
-        write_manifest(stage / "manifest.jsonl", out_rows)
+        write_manifest(stage / "manifest.jsonl", out_rows, staged=(stage, out_dir))
     return Path(out_dir) / "manifest.jsonl"
 
 

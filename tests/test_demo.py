@@ -34,4 +34,12 @@ def test_demo_writes_every_output(run_cli, tmp_path):
     assert all(Path(p.strip()).is_file() for p in summary["lens"].split(","))
     erase = Path(summary["erase"]["markdown"]).read_text()
     assert "baseline" in erase and "random subspace" in erase
-    assert "interp demo" in stdout and "random weights" in err
+    assert "interp demo" in stdout and "taught the demo items' answers" in err
+    # the taught speech LLM answers its items; erasing the label takes that away, a random subspace does not
+    assert summary["teach_loss"]["last"] < summary["teach_loss"]["first"] / 4
+    speech = [json.loads(l) for l in Path(summary["predictions"][0]).read_text().splitlines()]
+    assert sum(p["correct"] for p in speech if p["snr_db"] is None) >= 3  # of 4 clean items
+    accuracy: dict = {}
+    for row in json.loads(Path(summary["erase"]["json"]).read_text())["accuracy"]:
+        accuracy.setdefault(row["system"], []).append(row["correct"])
+    assert sum(accuracy["label erased"]) < sum(accuracy["baseline"]) <= sum(accuracy["random subspace"]) + 1

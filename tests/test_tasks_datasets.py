@@ -216,3 +216,20 @@ def test_video_clips_are_extracted_with_ffmpeg(tmp_path, monkeypatch):
     out = read_manifest(write_dataset(rows, tmp_path / "m.jsonl"))
     assert out[0]["audio"] == str(tmp_path / "m_audio" / "meld-dia0_utt0.wav")
     assert out[0]["source_audio"].endswith("dia0_utt0.mp4") and out[1]["audio"].endswith("dia0_utt1.wav")
+
+
+def test_staged_manifest_paths_resolve_from_their_final_folder(tmp_path):
+    """Audio outside the staging folder keeps pointing at itself once the manifest is moved."""
+    from interp.manifest import read_manifest, write_manifest
+
+    (tmp_path / "data").mkdir()
+    clip = tmp_path / "data" / "a.wav"
+    clip.write_bytes(b"x")
+    final = tmp_path / "out" / "deep"
+    stage = final / ".staging-x"
+    stage.mkdir(parents=True)
+    write_manifest(stage / "m.jsonl", [{"id": "a", "audio": str(clip)}, {"id": "b", "audio": str(stage / "b.wav")}],
+                   staged=(stage, final))
+    (stage / "m.jsonl").rename(final / "m.jsonl")
+    rows = read_manifest(final / "m.jsonl")
+    assert rows[0]["audio"] == str(clip.resolve()) and rows[1]["audio"] == str((final / "b.wav").resolve())
