@@ -215,7 +215,7 @@ def _finish(result: LensResult, forms: TokenForms) -> LensResult:
 
 def default_positions(adapter: SpeechLM) -> str:
     """'audio' for speech LLMs; 'all' for Whisper, whose decoder residual holds no audio."""
-    return "all" if adapter.family == "whisper" else "audio"
+    return "audio" if adapter.audio_in_decoder else "all"
 
 
 def lens_live(adapter: SpeechLM, rows: Sequence[dict], layers: str | Sequence = "all", positions: str | None = None,

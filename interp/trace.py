@@ -256,6 +256,9 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
         raise InterpError("--batch-size must be at least 1")
     if component == "encoder" and positions == "text":
         raise InterpError("the encoder has only audio frames; use positions all, audio, last or audio-mean")
+    if component == "decoder" and not adapter.audio_in_decoder and positions in ("audio", "audio-mean"):
+        raise InterpError(f"{adapter.family}'s decoder residual holds no audio positions; use --component encoder "
+                          f"for its audio frames, or --positions all|text|last for the decoder")
     names = parse_layers(layers, n_component_layers(adapter, component))
     missing = [r["audio"] for r in rows if not Path(r["audio"]).is_file()]
     if missing:

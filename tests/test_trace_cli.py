@@ -127,3 +127,12 @@ def test_stereo_other_rates_and_long_audio(run_cli, tiny_model_dir, tmp_path):
         assert list(s.items["truncated"]) == [False, True]
         assert s.positions["time_end"][s.rows([1])].max() == pytest.approx(30.0)
         assert s.items["n_positions"][1] == 750  # 30 s at 40 ms per audio position
+
+
+def test_whisper_decoder_has_no_audio_positions(run_cli, tiny_model_dir, tones, tmp_path):
+    model, manifest = tiny_model_dir("whisper"), tones(1)
+    _one_line_error(*run_cli("trace", model, "--data", manifest, "--out", tmp_path / "a.h5")[::2],
+                    "no audio positions", "--component encoder")
+    assert not (tmp_path / "a.h5").exists()
+    code, _, err = run_cli("trace", model, "--data", manifest, "--out", tmp_path / "a.h5", "--component", "encoder")
+    assert code == 0, err

@@ -85,6 +85,7 @@ class SpeechLM:
     trust_remote_code: ClassVar[bool] = False
 
     max_batch_size: ClassVar[int | None] = None  #: set where padding changes a family's activations
+    audio_in_decoder: ClassVar[bool] = True  #: False where audio reaches the decoder only by cross-attention
 
     def batch_size(self, requested: int) -> int:
         """The batch size to use: `requested`, capped where padded batches are not exact."""

@@ -34,6 +34,7 @@ class Whisper(SpeechLM):
     family = "whisper"
     description = "Whisper (control model for encoder probing; ASR of cascades)"
     model_types = ("whisper",)
+    audio_in_decoder = False  # an encoder-decoder: the decoder residual holds text positions only
     layers_path = "model.decoder.layers"
     norm_path = "model.decoder.layer_norm"
     unembed_path = "proj_out"
