@@ -19,20 +19,14 @@ import numpy as np
 import torch
 
 from interp.errors import InterpError
-from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask, whisper_pooled_positions
+from interp.models.base import (AudioSpan, Batch, EncoderProjectorDecoder, frame_times,
+                                spans_from_mask, whisper_pooled_positions)
 
 
-
-class AudioFlamingo3(SpeechLM):
+class AudioFlamingo3(EncoderProjectorDecoder):
     family = "audioflamingo3"
     description = "Audio Flamingo 3 (audio-flamingo-3-hf): AF-Whisper encoder -> 2-layer MLP -> Qwen2.5-7B"
     model_types = ("audioflamingo3",)
-    layers_path = "model.language_model.layers"
-    norm_path = "model.language_model.norm"
-    unembed_path = "lm_head"
-    embed_path = "model.language_model.embed_tokens"
-    encoder_layers_path = "model.audio_tower.layers"
-    encoder_seconds_per_frame = 0.02
     seconds_per_audio_position = 0.04
 
     @classmethod

@@ -233,6 +233,19 @@ class SpeechLM:
         }
 
 
+class EncoderProjectorDecoder(SpeechLM):
+    """The common native layout (Qwen2-Audio, Voxtral, Audio Flamingo 3): `model.audio_tower`
+    (a Whisper-style encoder) -> `model.multi_modal_projector` -> `model.language_model` (the
+    decoder) and a top-level `lm_head`; audio embeddings replace placeholder tokens."""
+
+    layers_path = "model.language_model.layers"
+    norm_path = "model.language_model.norm"
+    unembed_path = "lm_head"
+    embed_path = "model.language_model.embed_tokens"
+    encoder_layers_path = "model.audio_tower.layers"
+    encoder_seconds_per_frame = 0.02
+
+
 def _as_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype

@@ -9,20 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask, whisper_pooled_positions
+from interp.models.base import (AudioSpan, Batch, EncoderProjectorDecoder, frame_times,
+                                spans_from_mask, whisper_pooled_positions)
 
 
-
-class Qwen2Audio(SpeechLM):
+class Qwen2Audio(EncoderProjectorDecoder):
     family = "qwen2-audio"
     description = "Qwen2-Audio-7B(-Instruct): Whisper-large encoder -> linear -> Qwen2-7B"
     model_types = ("qwen2_audio",)
-    layers_path = "model.language_model.layers"
-    norm_path = "model.language_model.norm"
-    unembed_path = "lm_head"
-    embed_path = "model.language_model.embed_tokens"
-    encoder_layers_path = "model.audio_tower.layers"
-    encoder_seconds_per_frame = 0.02
     seconds_per_audio_position = 0.04
 
     @classmethod

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from interp.errors import InterpError
-from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask
+from interp.models.base import AudioSpan, Batch, EncoderProjectorDecoder, frame_times, spans_from_mask
 
 WINDOW_SECONDS = 30.0
 POSITIONS_PER_WINDOW = 375  # 3000 mel frames -> 1500 encoder frames -> 375 stacks of 4
@@ -41,16 +41,10 @@ def audio_times(n: int, seconds_per_position: float, duration: float):
     return np.minimum(start, duration), np.minimum(end, duration)
 
 
-class Voxtral(SpeechLM):
+class Voxtral(EncoderProjectorDecoder):
     family = "voxtral"
     description = "Voxtral-Mini-3B / Small-24B: Whisper-style encoder -> 4-frame stacking MLP -> Mistral decoder"
     model_types = ("voxtral",)
-    layers_path = "model.language_model.layers"
-    norm_path = "model.language_model.norm"
-    unembed_path = "lm_head"
-    embed_path = "model.language_model.embed_tokens"
-    encoder_layers_path = "model.audio_tower.layers"
-    encoder_seconds_per_frame = 0.02
     seconds_per_audio_position = 0.08
 
     @classmethod
