@@ -23,7 +23,7 @@ import torch
 from interp.audio import load_audio
 from interp.errors import InterpError
 from interp.models.base import AudioSpan, Batch, SpeechLM
-from interp.store import ItemRecord, StoreWriter
+from interp.store import ActivationStore, ItemRecord, StoreWriter
 
 POSITION_MODES = ("all", "audio", "text", "last", "audio-mean")
 STORE_DTYPES = ("float16", "float32")
@@ -275,7 +275,7 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
     else:
         if out.is_dir():
             raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
-        writer = StoreWriter.create(out, attrs, names, adapter.n_layers and _width(adapter, component), dtype)
+        writer = StoreWriter.create(out, attrs, names, _width(adapter, component), dtype)
     if on_items_done:
         on_items_done(start)
     batch_size = adapter.batch_size(batch_size)
@@ -300,8 +300,6 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
     finally:
         thread.close()
     writer.finish()
-    from interp.store import ActivationStore
-
     with ActivationStore(out) as store:
         n_items, n_rows = store.n_items, store.n_rows
     return TraceSummary(out, n_items, len(rows) - start, n_rows, names, time.perf_counter() - t0, truncated, non_finite)
