@@ -1,6 +1,7 @@
 """Offline TTS: non-silent 16 kHz speech whose duration grows with the text, identical
 samples for the same seed, and clear errors for unusable backends and voices."""
 
+import hashlib
 import importlib.util
 
 import numpy as np
