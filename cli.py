@@ -258,7 +258,7 @@ def data_synth(
     input: Path = typer.Option(..., "--input", help="Dataset file in its released format, or a manifest with text."),
     out: Path = typer.Option(..., "--out", help="Output folder: audio/*.wav and manifest.jsonl."),
     task: Optional[str] = typer.Option(None, "--task", help="Task of the input (needed unless the input is a manifest with 'task')."),
-    voice: Optional[str] = typer.Option(None, "--voice", help="Voice or comma-separated voices drawn per item, e.g. en-us,en-gb-x-rp,en-us+f3."),
+    voice: Optional[str] = typer.Option(None, "--voice", help="Voice or comma-separated voices drawn per item, e.g. en-us,en-gb-x-rp,en-us+f4."),
     rate: Optional[str] = typer.Option(None, "--rate", help="Speaking rate(s) in words per minute drawn per item, e.g. 150,175."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Speak at most N items."),
     seed: int = typer.Option(0, "--seed", help="Seed of the voice/rate draw."),
@@ -310,7 +310,7 @@ def data_voices(
     names = [v for v in tts.voices() if v.lower().startswith(lang.lower())]
     console.print("voices: " + (", ".join(names) or "(none listed)"), highlight=False)
     if hasattr(tts, "variants"):
-        console.print("variants (append as +NAME, e.g. en-us+f3): " + ", ".join(tts.variants()), highlight=False)
+        console.print("variants (append as +NAME, e.g. en-us+f4): " + ", ".join(tts.variants()), highlight=False)
 
 
 @data_app.command("templates")

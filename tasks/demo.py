@@ -13,7 +13,7 @@ from tasks.noise import add_noise
 from tasks.synth import synthesize
 from tasks.task import get_task
 
-DEMO_VOICES = ("en-us", "en-us+f3", "en-gb-x-rp")
+DEMO_VOICES = ("en-us", "en-us+f4", "en-gb-x-rp")  # no breath-noise variants: reproducible
 DEMO_RATES = (150, 175)
 
 

@@ -183,7 +183,7 @@ def _builtin_babble_cached() -> tuple[tuple[str, np.ndarray], ...]:
     from tasks.tts import get_backend
 
     tts = get_backend("espeak")
-    voices = ("en-us", "en-gb-x-rp", "en-us+f3", "en-us+m3", "en-gb-scotland", "en-us+f2", "en-029", "en-us+m7")
+    voices = ("en-us", "en-gb-x-rp", "en-us+f4", "en-us+m3", "en-gb-scotland", "en-us+linda", "en-029", "en-us+m7")
     out = []
     for i, (text, voice) in enumerate(zip(_BUILTIN_BABBLE, voices)):
         wav = tts.synthesize(text, voice, 150 + 10 * i)

@@ -7,8 +7,12 @@ plug in with `register_backend`; `PiperBackend` is one, used where `piper-tts` i
 
 Determinism: espeak-ng keeps synthesis state between utterances (the output for a text
 depends on what was spoken before it), so each utterance runs in a freshly loaded copy of
-the library. Which voice and rate an item gets is drawn from a generator seeded by
-(seed, item id, rendition), so it does not depend on item order or on `--limit`.
+the library. Voice variants with breath noise (`breath` in espeak-ng's variant files: f1, f2,
+f3, f5, m1, ...) draw that noise from a source espeak-ng does not seed, so their samples vary
+from run to run (seen here: 4 of 30 runs of one sentence with "+f3" differed); the voices this
+package picks by default have no breath noise. Which voice and rate an item gets is drawn from
+a generator seeded by (seed, item id, rendition), so it does not depend on item order or on
+`--limit`.
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ class _EspeakVoice(ctypes.Structure):
 
 class EspeakBackend:
     """espeak-ng via ctypes. Voices are espeak names: a language ("en-us", "en-gb-x-rp")
-    optionally with a variant ("en-us+f3", "en+m7"); rates are words per minute (80-450)."""
+    optionally with a variant ("en-us+f4", "en+m7"; variants with breath noise, such as f3, are
+    not bit-reproducible); rates are words per minute (80-450)."""
 
     name = "espeak"
     default_voice = "en-us"
@@ -116,7 +121,7 @@ class EspeakBackend:
         with self._engine() as engine:
             status = engine.lib.espeak_SetVoiceByName(voice.encode())
         if status != 0:
-            raise InterpError(f"unknown espeak voice {voice!r}; list voices with `interp data voices` (e.g. en-us, en-gb-x-rp, en-us+f3)")
+            raise InterpError(f"unknown espeak voice {voice!r}; list voices with `interp data voices` (e.g. en-us, en-gb-x-rp, en-us+f4)")
         self._checked.add(voice)
 
     def voices(self) -> list[str]:

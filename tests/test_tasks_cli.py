@@ -25,7 +25,7 @@ def test_load_synth_noise_pipeline(run_cli, tmp_path):
     code, _, err = run_cli("data", "load", "--task", "sst2", "--input", sample_path("sst2"), "--out", tmp_path / "sst2.jsonl")
     assert code == 0, err
     code, _, err = run_cli("data", "synth", "--input", tmp_path / "sst2.jsonl", "--out", tmp_path / "tts",
-                           "--voice", "en-us,en-us+f3", "--rate", "150,180", "--limit", "4", "--seed", "2")
+                           "--voice", "en-us,en-us+f4", "--rate", "150,180", "--limit", "4", "--seed", "2")
     assert code == 0, err
     clean = read_manifest(tmp_path / "tts" / "manifest.jsonl")
     assert len(clean) == 4 and all(Path(r["audio"]).is_file() for r in clean)
