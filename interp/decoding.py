@@ -30,6 +30,7 @@ _GREEDY_FIELDS = {
     "forced_eos_token_id": None, "exponential_decay_length_penalty": None, "renormalize_logits": False,
     "penalty_alpha": None, "dola_layers": None, "max_new_tokens": None,
 }
+_CORE = ("do_sample", "num_beams", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens")
 _SAMPLING_FIELDS = {"temperature": 1.0, "top_k": None, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
                     "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None}
 
@@ -52,11 +53,11 @@ def decoding_settings(model: torch.nn.Module, generate_kwargs: dict, dtype: torc
     fields = dict(_GREEDY_FIELDS)
     if values.get("do_sample"):
         fields |= _SAMPLING_FIELDS
-    out = {}
-    for key, off in fields.items():
-        value = values.get(key)
-        out[key] = off if value is None else _plain(value)
-    out["strategy"] = "sample" if out["do_sample"] else ("beam" if out["num_beams"] > 1 else "greedy")
+    full = {key: off if values.get(key) is None else _plain(values[key]) for key, off in fields.items()}
+    strategy = "sample" if full["do_sample"] else ("beam" if full["num_beams"] > 1 else "greedy")
+    # Compact: the core settings always, any other only where it is not off.
+    out = {"strategy": strategy}
+    out |= {k: v for k, v in full.items() if k in _CORE or v != fields[k]}
     if dtype is None:
         p = next(model.parameters(), None)
         dtype = p.dtype if p is not None else None
@@ -77,5 +78,8 @@ def _plain(value):
 
 
 def differences(a: dict, b: dict) -> dict[str, tuple]:
-    """Settings on which two recorded decodings differ: key -> (a's value, b's value)."""
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    """Settings on which two recorded decodings differ: key -> (a's value, b's value); a setting
+    left out of a record is off."""
+    off = _GREEDY_FIELDS | _SAMPLING_FIELDS
+    get = lambda d, k: d.get(k, off.get(k))  # noqa: E731
+    return {k: (get(a, k), get(b, k)) for k in sorted(set(a) | set(b)) if get(a, k) != get(b, k)}
