@@ -33,6 +33,8 @@ class AudioSpan:
     positions: np.ndarray  #: int64 sequence positions (in the padded batch) holding audio
     time_start: np.ndarray  #: float64 seconds at which each audio position's window starts
     time_end: np.ndarray  #: float64 seconds at which it ends (clipped to the audio's end)
+    #: audio placeholder positions past the audio's end (a fixed window's padding): neither audio nor text
+    padding: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
