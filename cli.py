@@ -178,13 +178,10 @@ def trace_cmd(
                       "trace with --dtype float32")
 
 
-def _model_dtype(choice: str, device: str) -> Optional[str]:
-    if choice != "auto":
-        return choice
-    import torch
+def _model_dtype(choice: str, device: str):
+    from interp.models.base import resolve_dtype
 
-    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return "bfloat16" if on_cuda else "float32"
+    return resolve_dtype(choice, device)
 
 
 # ---- data (tasks): commands are added after this line ----
@@ -402,6 +399,9 @@ def cascade_cmd(
     max_new_tokens: int = typer.Option(32, help="greedy decoding budget per answer"),
     system: Optional[str] = typer.Option(None, help="name of the system in the predictions"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model_dtype: str = typer.Option("auto", help="dtype of the ASR and LLM models: auto (float32 on CPU, bfloat16 on CUDA, as for speech LLMs) | float32 | bfloat16 | float16"),
+    matched_to: Optional[Path] = typer.Option(None, "--matched-to", help="speech-LLM checkpoint this cascade is matched with; refused unless the LLM's backbone config equals its own"),
+    raw_prompt: bool = typer.Option(False, "--raw-prompt", help="prompt an LLM whose tokenizer has no chat format with the bare text (base models only)"),
     resume: bool = typer.Option(False, "--resume", help="answer only the items not yet in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
     limit: Optional[int] = typer.Option(None, help="only the first N items"),
@@ -413,15 +413,19 @@ def cascade_cmd(
 
         from cascades.cascade import MATCHED_PAIRS
 
-        table = Table("name", "speech LLM", "ASR", "LLM backbone", "note")
+        table = Table("name", "speech LLM", "ASR", "LLM the study used", "same backbone", "note")
         for p in MATCHED_PAIRS:
-            table.add_row(p.name, p.speech_llm or "-", p.asr, p.llm, p.note)
-        Console().print(table)
+            same = "-" if p.backbone_equal is None else ("yes" if p.backbone_equal else "[red]NO[/]")
+            table.add_row(p.name, p.speech_llm or "-", p.asr, p.llm, same, p.note)
+        Console(width=240).print(table)
+        console.print("`--llm self:SPEECH_MODEL` always runs the speech LLM's own backbone: the exactly matched cascade.")
         return
-    from cascades.cascade import gold_transcripts, transcribe, transcripts_from_manifest
+    from cascades.cascade import (backbone_config, check_matched, gold_transcripts, speech_backbone_config,
+                                  transcribe, transcripts_from_manifest)
     from cascades.runner import PredictionsFile, TextLLM, answer_text, pending, word_error_rate
     from interp.manifest import read_manifest
     from interp.models import load_model
+    from interp.models.base import dtype_name, resolve_dtype
 
     if data is None or out is None or llm is None:
         raise InterpError("interp cascade needs --data, --out and --llm (or --list-matched)")
@@ -429,21 +433,33 @@ def cascade_cmd(
         raise InterpError("give --asr WHISPER_PATH, or --transcripts gold|MANIFEST to skip ASR")
     rows = read_manifest(data, limit=limit, require_audio=transcripts is None)
     _check_tasks(rows)
+    dev = device if device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    dtype = resolve_dtype(model_dtype, dev)
+    extra = {}
+    if llm.startswith("self:"):
+        speech_path = Path(llm[5:])
+        text_llm = TextLLM.from_speech_model(load_model(speech_path, dtype=dtype, device=dev), raw_prompt=raw_prompt)
+        if matched_to is not None and matched_to.resolve() != speech_path.resolve():
+            check_matched(speech_backbone_config(matched_to), speech_backbone_config(speech_path), matched_to.name, llm)
+        extra["matched_to"] = (matched_to or speech_path).name
+    else:
+        speech_config = speech_backbone_config(matched_to) if matched_to is not None else None
+        text_llm = TextLLM.from_path(llm, device=dev, dtype=dtype, raw_prompt=raw_prompt)
+        if speech_config is not None:
+            check_matched(speech_config, backbone_config(text_llm.model.config), matched_to.name, text_llm.name)
+            extra["matched_to"] = matched_to.name
+    text_llm.check_chat_format()  # no chat format and no --raw-prompt: stop before any work
     preds = PredictionsFile(out, resume=resume, overwrite=overwrite)
     todo = pending(rows, preds.done_keys())
-    dev = device if device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
-    if llm.startswith("self:"):
-        text_llm = TextLLM.from_speech_model(load_model(Path(llm[5:]), dtype=_model_dtype("auto", dev), device=dev))
-    else:
-        text_llm = TextLLM.from_path(llm, device=dev)
     if transcripts == "gold":
         texts, source = gold_transcripts(todo), "gold"
     elif transcripts:
         texts, source = transcripts_from_manifest(transcripts, todo), Path(transcripts).stem
     else:
         with LazyBar("asr", len(todo)) as bar:
-            texts = transcribe(asr, todo, batch_size=batch_size, device=dev, on_items_done=bar.advance)
+            texts = transcribe(asr, todo, batch_size=batch_size, device=dev, dtype=dtype, on_items_done=bar.advance)
         source = asr.name
+        extra["asr_dtype"] = dtype_name(dtype)
         refs = [(r.get("transcript"), texts[str(r["id"])]) for r in todo if r.get("transcript")]
         if refs:
             wer = word_error_rate([a for a, _ in refs], [b for _, b in refs])
@@ -451,7 +467,7 @@ def cascade_cmd(
     name = system or f"cascade:{source}->{text_llm.name}"
     with LazyBar("llm", len(todo)) as bar:
         answer_text(text_llm, todo, texts, system=name, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                    on_items_done=bar.advance, on_batch=preds.add)
+                    on_items_done=bar.advance, on_batch=preds.add, extra=extra)
     print_accuracy(preds.rows)
     console.print(f"predictions: [bold]{out}[/]")
 
@@ -484,6 +500,8 @@ def compare_cmd(
     report = compare_files(preds, n_resamples=resamples, seed=seed, accuracy_only=accuracy_only)
     plots = write_plots(report, out)
     paths = write_report(report, out, plots)
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 
     for cov in report.coverage:
         if cov.n_only_a or cov.n_only_b:

@@ -17,6 +17,10 @@ Design:
 - For every pair of systems, per task and SNR condition: accuracy (Wilson), raw agreement,
   Cohen's kappa (paired bootstrap interval), conditional error overlap, McNemar exact p,
   and Benjamini-Hochberg q across all comparisons in the report.
+- Rows written by `interp run` / `interp cascade` carry the decoding that ran (`decoding`:
+  strategy, penalties, token budget, model dtype). Two systems decoded differently are not a
+  clean comparison, so the report warns, naming the settings that differ; a system whose own
+  rows disagree is warned about too. Files without `decoding` (e.g. an API model's) are not.
 
 The library returns a `Report`; the CLI prints it and `write_report` saves it.
 """
@@ -75,6 +79,8 @@ class Prediction:
     """The file's `correct`, else prediction == label; None when neither is known."""
     source: str
     """Where it was read, as "file:line", for error messages."""
+    decoding: str | None = None
+    """The row's `decoding` settings as canonical JSON, if it records them."""
 
     @property
     def key(self) -> ItemKey:
@@ -174,6 +180,8 @@ class Report:
     comparisons: list[PairComparison]
     accuracy: list[SystemAccuracy]
     settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Confounds found in the inputs, e.g. systems decoded with different settings."""
 
     def to_dict(self) -> dict:
         return _json_safe(asdict(self))
@@ -244,6 +252,9 @@ def _parse_row(row: dict, where: str, default_system: str) -> Prediction:
     system = row.get("system")
     if system is None or system == "":
         system = default_system
+    decoding = row.get("decoding")
+    if decoding is not None and not isinstance(decoding, dict):
+        raise InterpError(f"{where}: 'decoding' must be a JSON object of decoding settings, got {decoding!r}")
     return Prediction(
         system=str(system),
         id=str(item_id),
@@ -253,6 +264,7 @@ def _parse_row(row: dict, where: str, default_system: str) -> Prediction:
         label=label,
         correct=correct,
         source=where,
+        decoding=None if decoding is None else json.dumps(decoding, sort_keys=True),
     )
 
 
@@ -388,6 +400,7 @@ def compare_systems(
         c.mcnemar_q = None if np.isnan(qi) else float(qi)
 
     return Report(
+        warnings=decoding_warnings(systems),
         systems=[{"name": s.name, "files": list(s.files), "n_items": len(s.items)} for s in systems],
         coverage=coverage,
         comparisons=comparisons,
@@ -403,6 +416,32 @@ def compare_systems(
             "answers": "stripped and case-folded; 'unparsed' is its own answer and always wrong",
         },
     )
+
+
+def _decodings(s: SystemPredictions) -> list[dict]:
+    seen = sorted({p.decoding for p in s.items.values() if p.decoding is not None})
+    return [json.loads(d) for d in seen]
+
+
+def decoding_warnings(systems: Sequence[SystemPredictions]) -> list[str]:
+    """One line per system decoded inconsistently and per pair decoded differently."""
+    from interp.decoding import differences
+
+    def show(diff: dict) -> str:
+        return "; ".join(f"{k} {va!r} vs {vb!r}" for k, (va, vb) in diff.items())
+
+    out = []
+    recorded = {s.name: _decodings(s) for s in systems}
+    for name, decs in recorded.items():
+        if len(decs) > 1:
+            out.append(f"'{name}' rows were decoded with different settings ({show(differences(decs[0], decs[1]))})")
+    for a, b in itertools.combinations(systems, 2):
+        da, db = recorded[a.name], recorded[b.name]
+        if len(da) == 1 and len(db) == 1:
+            diff = differences(da[0], db[0])
+            if diff:
+                out.append(f"'{a.name}' and '{b.name}' were decoded differently: {show(diff)}")
+    return out
 
 
 def _compare_cell(a, b, task, snr, keys, n_resamples, confidence, seed) -> PairComparison:
@@ -538,6 +577,8 @@ def render_markdown(report: Report, plots: Iterable[str | os.PathLike] = ()) -> 
     """report.md: the same numbers as report.json, as tables a person reads."""
     s = report.settings
     lines = ["# Behavioural comparison", ""]
+    if report.warnings:
+        lines += ["## Warnings", ""] + [f"- {_md(w)}" for w in report.warnings] + [""]
     lines += ["## Systems", "", "| system | items | files |", "|---|---|---|"]
     for sys_ in report.systems:
         lines.append(f"| {_md(sys_['name'])} | {sys_['n_items']} | {_md(', '.join(sys_['files']))} |")

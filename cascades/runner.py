@@ -1,20 +1,25 @@
 """Behavioural runs: answer items with a speech LLM (audio + instruction) or with a text LLM
 (transcript + the same instruction), parse and score each answer, and keep predictions.
 
-Both sides use the task's prompt templates, parser and scorer from `tasks`, greedy
-decoding, and write one JSON line per item:
-`id, task, system, snr_db, output, prediction, label, correct, n_generated_tokens, seconds`
-(cascades add `transcript`). Speech runs go through `interp.run`, so interventions (erasure,
-ablation, steering) apply to a behavioural run with no second code path.
+Both sides use the task's prompt templates, parser and scorer from `tasks`, the same greedy
+decoding (`interp.decoding.GREEDY`, overriding whatever a checkpoint's generation_config ships),
+and write one JSON line per item:
+`id, task, system, snr_db, output, prediction, label, correct, n_generated_tokens, seconds,
+decoding` (cascades add `transcript`), where `decoding` is the decoding that actually ran,
+model dtype included. Speech runs go through `interp.run`, so interventions (erasure, ablation,
+steering) apply to a behavioural run with no second code path. A text LLM is always prompted in
+its own chat format (its tokenizer's chat template, or mistral-common's instruct format for a
+tekken tokenizer); a tokenizer with neither is an error unless a raw prompt is asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
@@ -85,7 +90,7 @@ def answer_speech(adapter: SpeechLM, rows: Sequence[dict], *, system: str, inter
         result = run(adapter, batch, interventions, generate=True, max_new_tokens=max_new_tokens)
         seconds = (time.perf_counter() - t0) / len(chunk)
         texts = tok.batch_decode(result.new_tokens, skip_special_tokens=True)
-        out = [_prediction(r, system, t.strip(), n, seconds)
+        out = [_prediction(r, system, t.strip(), n, seconds, decoding=result.decoding)
                for r, t, n in zip(chunk, texts, _count_new(result.new_tokens, stop))]
         preds.extend(out)
         if on_batch:
@@ -102,65 +107,114 @@ class TextLLM:
     model: torch.nn.Module
     tokenizer: object
     name: str
+    raw_prompt: bool = False  #: send the bare text when the tokenizer has no chat format
+    #: context the model runs in (a speech LLM's `text_only`: e.g. Phi-4-MM's speech LoRA off)
+    context: Callable[[], ContextManager] = field(default=contextlib.nullcontext)
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu", dtype=None) -> "TextLLM":
+    def from_path(cls, path: str | Path, device: str = "cpu", dtype="auto", raw_prompt: bool = False) -> "TextLLM":
+        """Load a causal-LM folder in `dtype` (`interp.models.base.resolve_dtype`'s rule for "auto")."""
+        from interp.models.base import resolve_dtype
+
         path = Path(path)
         if not (path / "config.json").is_file():
             raise InterpError(f"LLM path {path} is not a checkpoint folder (no config.json); give a local causal-LM checkpoint or self:SPEECH_MODEL")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         # transformers will build an empty tokenizer for a folder without tokenizer files
-        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
+        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                           "tekken.json")
         if not any((path / f).is_file() for f in tokenizer_files):
             raise InterpError(f"LLM checkpoint {path} has no tokenizer files; save its tokenizer into the folder")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError, TypeError):
             raise InterpError(f"LLM checkpoint {path} has no tokenizer files; save its tokenizer into the folder") from None
+        except ImportError as e:
+            raise InterpError(f"LLM checkpoint {path} needs {str(e).splitlines()[0]}; "
+                              "for a tekken.json tokenizer: pip install 'interp[voxtral]'") from None
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32).eval().to(device)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype, device)).eval().to(device)
         except (OSError, ValueError) as e:
             raise InterpError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0]}") from None
-        return cls(model, tokenizer, path.name)
+        return cls(model, tokenizer, path.name, raw_prompt=raw_prompt)
 
     @classmethod
-    def from_speech_model(cls, adapter: SpeechLM) -> "TextLLM":
+    def from_speech_model(cls, adapter: SpeechLM, raw_prompt: bool = False) -> "TextLLM":
         """The speech LLM run on text only: its language model is the exactly matched backbone."""
-        return cls(adapter.model, adapter.tokenizer, f"self:{Path(adapter.path).name}")
+        return cls(adapter.model, adapter.tokenizer, f"self:{Path(adapter.path).name}", raw_prompt=raw_prompt,
+                   context=adapter.text_only)
+
+    @property
+    def chat_format(self) -> str | None:
+        """"chat_template", "mistral-common", or None when the tokenizer knows no chat format."""
+        if type(self.tokenizer).__name__ == "MistralCommonBackend":
+            return "mistral-common"  # builds Mistral's instruct format itself, from tekken.json
+        if getattr(self.tokenizer, "chat_template", None):
+            return "chat_template"
+        return None
 
     def prompt(self, text: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                      tokenize=False)
-        return text
+        """The prompt string sent for `text` (for display; `encode` builds the ids)."""
+        if self.chat_format is None:
+            self.check_chat_format()
+            return text
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                  tokenize=False)
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32) -> list[tuple[str, int]]:
+    def check_chat_format(self) -> None:
+        """Stop unless the prompt will be in the model's chat format or a raw prompt was asked for."""
+        if self.chat_format is None and not self.raw_prompt:
+            raise InterpError(f"the tokenizer of {self.name} has no chat format (no chat_template, not mistral-common); "
+                              "an instruct model prompted with a raw string answers differently. Add its chat template "
+                              "to the checkpoint (or install mistral-common for tekken.json), or pass --raw-prompt "
+                              "for a base model")
+
+    def encode(self, texts: Sequence[str]) -> dict:
+        """Left-padded input ids of the prompts, built in the model's own chat format."""
         tok = self.tokenizer
         tok.padding_side = "left"
-        if tok.pad_token is None:
+        if self.chat_format is None:
+            self.check_chat_format()
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            return dict(tok(list(texts), return_tensors="pt", padding=True))
+        if self.chat_format == "chat_template" and tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        enc = tok([self.prompt(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        conversations = [[{"role": "user", "content": t}] for t in texts]
+        return dict(tok.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                            padding=True, return_tensors="pt"))
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32) -> tuple[list[tuple[str, int]], dict]:
+        """Greedy answers (text, generated token count) and the decoding settings that ran."""
+        from interp.decoding import decoding_settings, greedy_kwargs
+
+        tok = self.tokenizer
+        enc = self.encode(prompts)
         enc = {k: v.to(next(self.model.parameters()).device) for k, v in enc.items()}
-        with torch.no_grad():
-            seq = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=tok.pad_token_id)
+        kwargs = greedy_kwargs(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+        with torch.no_grad(), self.context():
+            seq = self.model.generate(**enc, **kwargs)
         new = seq[:, enc["input_ids"].shape[1]:].cpu()
         texts = tok.batch_decode(new, skip_special_tokens=True)
-        return [(t.strip(), n) for t, n in zip(texts, _count_new(new, _stop_ids(tok, self.model)))]
+        answers = [(t.strip(), n) for t, n in zip(texts, _count_new(new, _stop_ids(tok, self.model)))]
+        return answers, decoding_settings(self.model, kwargs)
 
 
 def answer_text(llm: TextLLM, rows: Sequence[dict], transcripts: dict[str, str], *, system: str, batch_size: int = 8,
                 max_new_tokens: int = 32, on_items_done: Callable[[int], None] | None = None,
-                on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Greedy answers of a text LLM to each item's text prompt built on its transcript."""
+                on_batch: Callable[[list[dict]], None] | None = None, extra: dict | None = None) -> list[dict]:
+    """Greedy answers of a text LLM to each item's text prompt built on its transcript
+    (`extra`: fields added to every prediction, e.g. what the cascade is matched to)."""
     preds = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         t0 = time.perf_counter()
-        answers = llm.generate([_task(r).text_prompt(r, transcripts[str(r["id"])]) for r in chunk], max_new_tokens)
+        answers, decoding = llm.generate([_task(r).text_prompt(r, transcripts[str(r["id"])]) for r in chunk],
+                                         max_new_tokens)
         seconds = (time.perf_counter() - t0) / len(chunk)
-        out = [_prediction(r, system, text, n, seconds, transcript=transcripts[str(r["id"])])
+        out = [_prediction(r, system, text, n, seconds, transcript=transcripts[str(r["id"])], decoding=decoding,
+                           **(extra or {}))
                for r, (text, n) in zip(chunk, answers)]
         preds.extend(out)
         if on_batch:

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from interp.decoding import decoding_settings, greedy_kwargs
 from interp.interventions import Intervention, StepContext, position_masks
 from interp.models.base import Batch, SpeechLM
 
@@ -27,6 +28,7 @@ class RunResult:
     sequences: torch.Tensor | None  #: (batch, prompt + new) ids of a generation
     new_tokens: torch.Tensor | None  #: (batch, new) ids generated after the prompt
     prompt_length: int
+    decoding: dict | None = None  #: the decoding a generation ran (`interp.decoding.decoding_settings`)
 
 
 class _Collect(BaseStreamer):
@@ -75,20 +77,26 @@ def _apply_all(adapter: SpeechLM, batch: Batch, interventions: Sequence[Interven
 
 def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] = (), generate: bool = False,
         max_new_tokens: int = 32, **generate_kwargs) -> RunResult:
-    """Forward pass (logits) or greedy generation (ids) with the interventions applied."""
+    """Forward pass (logits) or greedy generation (ids) with the interventions applied.
+
+    Generation is greedy (`interp.decoding.GREEDY` over the checkpoint's generation_config);
+    `generate_kwargs` override it, and `RunResult.decoding` records what ran."""
     interventions = list(interventions)
     for iv in interventions:
         iv.check(adapter)
     prompt_length = int(batch.token_ids.shape[1])
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
+    # Greedy whatever the checkpoint's generation_config ships (interp.decoding).
+    gen_kwargs = greedy_kwargs(max_new_tokens=max_new_tokens, **generate_kwargs)
+    decoding = None
     if generate:
         tok = adapter.tokenizer
         gen_kwargs.setdefault("pad_token_id", tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        decoding = decoding_settings(adapter.model, gen_kwargs)
     with torch.no_grad():
         if not interventions:
             if generate:
                 seq = adapter.model.generate(**batch.inputs, **gen_kwargs).cpu()
-                return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
+                return RunResult(None, seq, seq[:, prompt_length:], prompt_length, decoding)
             return RunResult(adapter.model(**batch.inputs).logits, None, None, prompt_length)
         root = adapter.nnsight
         if not generate:
@@ -106,5 +114,5 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
                     _apply_all(adapter, batch, interventions, step)
                     step += 1
         seq = torch.cat(collect.chunks, dim=1)
-        return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
+        return RunResult(None, seq, seq[:, prompt_length:], prompt_length, decoding)
 

@@ -44,9 +44,11 @@ def position_masks(batch, step: int, seq_len: int) -> dict[str, torch.Tensor]:
     if step == 0:
         real = batch.attention_mask.bool()[:, :seq_len]
         audio = torch.zeros_like(real)
+        padding = torch.zeros_like(real)  # placeholders past the audio's end: neither audio nor text
         for i, span in enumerate(batch.audio):
             audio[i, torch.as_tensor(span.positions, device=device)] = True
-        return {"audio": audio, "text": real & ~audio, "generated": torch.zeros_like(real), "all": real}
+            padding[i, torch.as_tensor(span.padding, device=device, dtype=torch.long)] = True
+        return {"audio": audio, "text": real & ~audio & ~padding, "generated": torch.zeros_like(real), "all": real}
     ones = torch.ones(n, seq_len, dtype=torch.bool, device=device)
     zeros = torch.zeros_like(ones)
     return {"audio": zeros, "text": zeros, "generated": ones, "all": ones}

@@ -134,7 +134,7 @@ def select_positions(mode: str, span: AudioSpan, attention_mask: np.ndarray | No
     if mode == "audio":
         return make(span.positions)
     if mode == "text":
-        return make(np.setdiff1d(real, span.positions))
+        return make(np.setdiff1d(real, np.concatenate([span.positions, span.padding])))
     if mode == "last":
         return make(real[-1:])
     if mode == "audio-mean":

@@ -69,11 +69,14 @@ def detect_family(path: str | Path) -> type[SpeechLM]:
     for cls in families().values():
         if model_type in cls.model_types:
             return cls
+        if model_type in cls.unsupported_model_types:
+            raise InterpError(cls.unsupported_model_types[model_type].format(path=path))
     raise InterpError(f"{path} holds a '{model_type or 'unknown'}' model, which is not supported; supported families: {supported}")
 
 
-def load_model(path: str | Path, dtype=None, device: str = "auto", device_map=None) -> SpeechLM:
-    """Load a speech LLM (or Whisper) from a local folder with the right adapter."""
+def load_model(path: str | Path, dtype="auto", device: str = "auto", device_map=None) -> SpeechLM:
+    """Load a speech LLM (or Whisper) from a local folder with the right adapter, in `dtype`
+    ("auto": `resolve_dtype`'s rule, bfloat16 on CUDA, float32 elsewhere)."""
     import torch
 
     if device == "auto":

@@ -14,6 +14,7 @@ its nnsight envoy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ class AudioSpan:
     positions: np.ndarray  #: int64 sequence positions (in the padded batch) holding audio
     time_start: np.ndarray  #: float64 seconds at which each audio position's window starts
     time_end: np.ndarray  #: float64 seconds at which it ends (clipped to the audio's end)
+    #: audio placeholder positions past the audio's end (a fixed window's padding): neither audio nor text
+    padding: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -73,6 +76,8 @@ class SpeechLM:
     family: ClassVar[str]  #: short name used on the command line
     description: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()  #: config.model_type values this adapter serves
+    #: model_type values of other layouts of the same model that cannot load -> one-line fix ({path} filled in)
+    unsupported_model_types: ClassVar[dict[str, str]] = {}
     layers_path: ClassVar[str]  #: decoder blocks (an nn.ModuleList)
     norm_path: ClassVar[str]  #: final norm applied before the unembedding
     unembed_path: ClassVar[str]  #: the unembedding (lm_head)
@@ -81,7 +86,7 @@ class SpeechLM:
     encoder_seconds_per_frame: ClassVar[float] = 0.02
     seconds_per_audio_position: ClassVar[float]  #: audio time per decoder audio position
     sampling_rate: ClassVar[int] = 16000
-    max_audio_seconds: ClassVar[float | None] = 30.0  #: longer audio is truncated (with a warning)
+    max_audio_seconds: ClassVar[float | None] = 30.0  #: the family's longest audio; longer is truncated (with a warning)
     trust_remote_code: ClassVar[bool] = False
 
     max_batch_size: ClassVar[int | None] = None  #: set where padding changes a family's activations
@@ -112,7 +117,7 @@ class SpeechLM:
     @classmethod
     def load(cls, path: str | Path, dtype: str | torch.dtype | None = None, device: str = "cpu", device_map=None):
         """Load model and processor from a local checkpoint folder."""
-        torch_dtype = _as_dtype(dtype) if dtype is not None else torch.float32
+        torch_dtype = resolve_dtype(dtype, device)
         kwargs = dict(dtype=torch_dtype)
         if cls.trust_remote_code:
             kwargs["trust_remote_code"] = True
@@ -196,6 +201,11 @@ class SpeechLM:
         cfg.pop("transformers_version", None)
         return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def text_only(self):
+        """Context in which the decoder runs as the text LLM it is matched with (a cascade's
+        backbone); families whose speech path changes the decoder (a speech LoRA) undo it here."""
+        return contextlib.nullcontext()
+
     # ---- inputs ----------------------------------------------------------------------
 
     def prompt_text(self, instruction: str) -> str:
@@ -244,6 +254,20 @@ class EncoderProjectorDecoder(SpeechLM):
     embed_path = "model.language_model.embed_tokens"
     encoder_layers_path = "model.audio_tower.layers"
     encoder_seconds_per_frame = 0.02
+
+
+def resolve_dtype(choice: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """The one dtype rule of every loader (speech LLMs, Whisper, text LLMs): an explicit choice is
+    kept; "auto" (or None) is bfloat16 on CUDA and float32 elsewhere."""
+    if choice is None or choice == "auto":
+        device = str(device)
+        on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        return torch.bfloat16 if on_cuda else torch.float32
+    return _as_dtype(choice)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _as_dtype(dtype) -> torch.dtype:

@@ -13,14 +13,18 @@ every encoder frame (`downsample_rate` 1). The processor expands one `<|audio|>`
 `audio_embed_sizes[i]` copies (`Phi4MultimodalProcessor.replace_audio_token`), with
 `audio_embed_sizes = ceil(((n_samples - 400) // 160 + 1) / 8)` (`_compute_audio_embed_size`).
 
-Real checkpoints: the config must be the transformers layout (`model_type` "phi4_multimodal");
-the original remote-code layout ("phi4mm") is a different class. Speech is served with a
-speech LoRA on the decoder, shipped in the checkpoint's `speech-lora/` folder. transformers 5
-does not apply it by itself (the model code has no LoRA); its documented recipe is
-`model.load_adapter(path, adapter_name="speech", adapter_kwargs={"subfolder": "speech-lora"})`
-then `model.set_adapter("speech")`, which needs `peft`. `load` does exactly that when the folder
-is there, so residuals are those of the model that answers speech prompts. The LoRA wraps the
-projections inside each block; the block, norm and head paths below do not change.
+Real checkpoints: the config must be the transformers layout (`model_type` "phi4_multimodal"),
+which on the hub is the converted revision `refs/pr/70` of microsoft/Phi-4-multimodal-instruct;
+its main branch is the original remote-code layout ("phi4mm"), a different class that
+transformers 5 cannot build, and loading it stops with one line saying how to get the converted
+revision. Speech is served with a speech LoRA on the decoder (r 320, alpha 640, on every block's
+`qkv_proj`, `o_proj`, `gate_up_proj`, `down_proj`), shipped in the checkpoint's `speech-lora/`
+folder. transformers 5 does not apply it by itself (the model code has no LoRA), and its
+documented recipe (`model.load_adapter(..., adapter_kwargs={"subfolder": "speech-lora"})`) needs
+peft >= 0.22; `load` applies it with `interp.models.lora` instead (peft's LoRA math, unmerged), so
+residuals are those of the model that answers speech prompts. The LoRA wraps the projections
+inside each block; the block, norm and head paths below do not change. `text_only()` switches
+the LoRA off: the decoder is then Phi-4-mini, the backbone a matched cascade runs on text.
 
 The full `Phi4MultimodalProcessor` also carries an image processor that needs torchvision; only
 its audio half is used here (its feature extractor, its tokenizer and its placeholder rule).
@@ -36,6 +40,7 @@ activations it has alone.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -44,6 +49,12 @@ import torch
 
 from interp.errors import InterpError
 from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask
+from interp.models.lora import LoraAdapter, apply_lora
+
+SPEECH_LORA = "speech-lora"
+REMOTE_CODE_HINT = ("{path} is the original remote-code Phi-4-multimodal layout (model_type 'phi4mm'), which "
+                    "transformers 5 has no class for; use the converted revision: "
+                    "hf download microsoft/Phi-4-multimodal-instruct --revision refs/pr/70 --local-dir DIR")
 
 
 class Phi4AudioProcessor:
@@ -74,6 +85,7 @@ class Phi4Multimodal(SpeechLM):
     family = "phi4-mm"
     description = "Phi-4-multimodal-instruct: Conformer speech encoder -> 2 linears -> Phi-4-mini (+ speech LoRA)"
     model_types = ("phi4_multimodal",)
+    unsupported_model_types = {"phi4mm": REMOTE_CODE_HINT}
     layers_path = "model.layers"
     norm_path = "model.norm"
     unembed_path = "lm_head"
@@ -82,6 +94,10 @@ class Phi4Multimodal(SpeechLM):
     encoder_seconds_per_frame = 0.08  # encoder blocks run after the 8x time reduction
     seconds_per_audio_position = 0.08
     max_batch_size = 1  # padding leaks into the Conformer's activations (see the module docstring)
+    # The Conformer has no fixed window (audio is not cut into 30 s pieces); the model card's
+    # longest use is speech summarisation of recordings up to 30 minutes.
+    max_audio_seconds = 1800.0
+    speech_lora: LoraAdapter | None = None  #: the applied speech LoRA (None when the folder has none)
 
     @classmethod
     def model_class(cls):
@@ -96,16 +112,19 @@ class Phi4Multimodal(SpeechLM):
     @classmethod
     def load(cls, path, dtype=None, device: str = "cpu", device_map=None):
         adapter = super().load(path, dtype=dtype, device=device, device_map=device_map)
-        if (Path(path) / "speech-lora" / "adapter_config.json").is_file():
-            try:
-                adapter.model.load_adapter(str(path), adapter_name="speech", adapter_kwargs={"subfolder": "speech-lora"})
-            except ImportError:
-                raise InterpError(f"{path} ships a speech LoRA (speech-lora/) that needs the peft package; "
-                                  "install it with: pip install peft") from None
-            adapter.model.set_adapter("speech")
+        lora_dir = Path(path) / SPEECH_LORA
+        if (lora_dir / "adapter_config.json").is_file():
+            adapter.speech_lora = apply_lora(adapter.model, lora_dir, name="speech")
         else:
-            warnings.warn(f"{path} has no speech-lora/ folder: Phi-4-multimodal runs without its speech LoRA")
+            warnings.warn(f"{path} has no {SPEECH_LORA}/ folder: Phi-4-multimodal runs without its speech LoRA")
         return adapter
+
+    def text_only(self):
+        """The decoder with the speech LoRA off: Phi-4-mini, as a cascade's text LLM runs it."""
+        return self.speech_lora.disabled() if self.speech_lora is not None else contextlib.nullcontext()
+
+    def describe(self) -> dict:
+        return super().describe() | {"speech_lora": self.speech_lora.describe() if self.speech_lora else None}
 
     @property
     def audio_token(self) -> str:

@@ -43,17 +43,27 @@ class Qwen2Audio(EncoderProjectorDecoder):
         return batch.to(self.device, self.dtype)
 
     def encoder_inputs(self, batch: Batch):
-        # The encoder sees the full 30 s window (1500 frames after its stride-2 conv);
-        # frames past the end of the audio are padding and are not recorded.
+        # The encoder sees the full 30 s window (1500 frames after its stride-2 conv), and inside
+        # the model it attends only to the frames of real audio: `Qwen2AudioModel.forward` turns
+        # `feature_attention_mask` into a bidirectional mask over the conv output. The same mask
+        # is built here with the model's own helpers, so the encoder run alone computes exactly
+        # what it computes inside the model. Frames past the end of the audio are not recorded.
+        from transformers.masking_utils import create_bidirectional_mask
+
         feats = batch.inputs["input_features"]
-        n_frames = feats.shape[-1] // 2
+        tower = self.module("model.audio_tower")
+        lengths, _ = tower._get_feat_extract_output_lengths(batch.inputs["feature_attention_mask"].sum(-1))
+        n_frames = (feats.shape[-1] - 2) // 2 + 1
+        real = torch.arange(n_frames, device=lengths.device)[None, :] < lengths[:, None]
+        mask = create_bidirectional_mask(config=tower.config,
+                                         inputs_embeds=torch.zeros(feats.shape[0], n_frames, 1, dtype=self.dtype,
+                                                                   device=feats.device),
+                                         attention_mask=real.long())
         spans = []
-        for d in batch.durations:
-            d = min(d, self.max_audio_seconds)
-            n = min(n_frames, int(np.ceil(d / self.encoder_seconds_per_frame)))
-            start, end = frame_times(n, self.encoder_seconds_per_frame, d)
-            spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
-        return {"input_features": feats}, spans
+        for n, d in zip(lengths.tolist(), batch.durations):
+            start, end = frame_times(int(n), self.encoder_seconds_per_frame, min(d, self.max_audio_seconds))
+            spans.append(AudioSpan(np.arange(int(n), dtype=np.int64), start, end))
+        return {"input_features": feats, "attention_mask": mask}, spans
 
     @classmethod
     def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,

@@ -8,8 +8,12 @@ frames (1500 per 30 s window; the encoder's `avg_pooler` is defined but never ca
 `VoxtralModel.get_audio_features` reshapes them to (-1, intermediate_size), i.e. 4 frames per
 position: 375 positions per 30 s window. Audio is always padded to whole 30 s windows
 (`VoxtralProcessor` pads to a multiple of 480000 samples and mistral-common asks for 375
-`[AUDIO]` tokens per window), so an item's positions past the end of its audio hold padding;
-their time spans are empty ([duration, duration]).
+`[AUDIO]` tokens per window), so of a 3 s clip's 375 positions about 337 hold the encoding of
+padding. Those are not audio: an item's audio span is its first ceil(samples / 1280) positions
+(each starts before the audio's end), and the rest are the span's `padding`, which is neither
+audio nor text (pooling, probes, the lens and erasure see real audio only). Voxtral takes long
+audio in several windows; the model card gives 40 minutes for understanding, which is the
+family's `max_audio_seconds`.
 
 Prompts: the real checkpoints' tokenizer is mistral-common's (`MistralCommonBackend`), which
 alone knows how to expand audio into `[BEGIN_AUDIO][AUDIO]...`: `prepare` then goes through
@@ -33,12 +37,7 @@ from interp.models.base import AudioSpan, Batch, EncoderProjectorDecoder, frame_
 
 WINDOW_SECONDS = 30.0
 POSITIONS_PER_WINDOW = 375  # 3000 mel frames -> 1500 encoder frames -> 375 stacks of 4
-
-
-def audio_times(n: int, seconds_per_position: float, duration: float):
-    """Per-position spans clipped to the audio: padding positions get [duration, duration]."""
-    start, end = frame_times(n, seconds_per_position, duration)
-    return np.minimum(start, duration), np.minimum(end, duration)
+SAMPLES_PER_POSITION = 1280  # 80 ms at 16 kHz
 
 
 class Voxtral(EncoderProjectorDecoder):
@@ -46,6 +45,7 @@ class Voxtral(EncoderProjectorDecoder):
     description = "Voxtral-Mini-3B / Small-24B: Whisper-style encoder -> 4-frame stacking MLP -> Mistral decoder"
     model_types = ("voxtral",)
     seconds_per_audio_position = 0.08
+    max_audio_seconds = 2400.0  # 40 min: the model card's limit for audio understanding (32k context)
 
     @classmethod
     def model_class(cls):
@@ -89,9 +89,11 @@ class Voxtral(EncoderProjectorDecoder):
         counts = [POSITIONS_PER_WINDOW * k for k in self._windows(waveforms)]
         ids = inputs["input_ids"]
         is_audio = ids == self.model.config.audio_token_id
-        spans = spans_from_mask(is_audio, counts, self.seconds_per_audio_position, durations)
-        for span, d in zip(spans, durations):
-            span.time_start, span.time_end = audio_times(len(span.positions), self.seconds_per_audio_position, d)
+        spans = []
+        for span, w in zip(spans_from_mask(is_audio, counts, self.seconds_per_audio_position, durations), waveforms):
+            n = min(len(span.positions), math.ceil(len(w) / SAMPLES_PER_POSITION))
+            start, end = frame_times(n, self.seconds_per_audio_position, len(w) / self.sampling_rate)
+            spans.append(AudioSpan(span.positions[:n], start, end, padding=span.positions[n:]))
         batch = Batch(inputs, ids, inputs["attention_mask"], spans, durations, truncated)
         return batch.to(self.device, self.dtype)
 
