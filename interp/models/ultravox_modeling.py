@@ -89,6 +89,10 @@ class UltravoxConfig(transformers.PreTrainedConfig):
             sub = getattr(self, key)
             if getattr(self, key.replace("config", "model_id")) is None and sub is not None:
                 out[key] = _released_sub_config(sub)
+        if "audio_config" in out:
+            # The released code builds its Whisper encoder only if this name says "whisper".
+            name = self.audio_config.name_or_path or ""
+            out["audio_config"]["_name_or_path"] = name if "whisper" in name.lower() else "whisper"
         out.update({key: getattr(self, key) for key in _FIELDS})
         if self.text_config is not None:
             out["vocab_size"] = self.text_config.vocab_size
