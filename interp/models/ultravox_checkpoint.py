@@ -228,7 +228,9 @@ def load_ultravox(path: str | Path, dtype: torch.dtype = torch.float32, audio_mo
     if tied:
         model.language_model.tie_weights()
     model.eval()
-    return model, load_processor(path, config, audio_dir, text_dir)
+    # a Whisper folder given for a checkpoint that holds its encoder still serves its feature extractor
+    audio_dir = audio_dir or _given(audio_model, "--audio-model")
+    return model, load_processor(path, config, audio_dir, text_dir or _given(text_model, "--text-model"))
 
 
 def load_processor(path: str | Path, config: UltravoxConfig, audio_dir: Path | None = None,
@@ -251,6 +253,8 @@ def load_processor(path: str | Path, config: UltravoxConfig, audio_dir: Path | N
     # as the released processor's from_pretrained sets them
     tokenizer.padding_side = "left"
     tokenizer.pad_token = tokenizer.eos_token
+    # The encoder's window in mel frames: what fixie's pipeline passes; its processor's own
+    # default (3000) is the same for every Whisper.
     window = config.audio_config.max_source_positions * 2
     return UltravoxProcessor(feature_extractor, tokenizer, stack_factor=config.stack_factor, audio_context_size=window,
                              audio_token_index=config.audio_token_index)
