@@ -16,6 +16,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Mechanistic interpretability for speech LLMs.")
 console = Console(stderr=True)
 
+#: Base models an Ultravox checkpoint names by hub id, where they are not in the HF cache.
+AUDIO_MODEL = typer.Option(None, "--audio-model", help="folder of the Whisper model an Ultravox checkpoint names by "
+                           "audio_model_id (default: the local Hugging Face cache)")
+TEXT_MODEL = typer.Option(None, "--text-model", help="folder of the Llama an Ultravox checkpoint names by "
+                          "text_model_id (default: the local Hugging Face cache)")
+
 # ---- models / trace / demo ----
 models_app = typer.Typer(help="Supported model families and tiny test checkpoints.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
@@ -109,12 +115,13 @@ def models_make_tiny(family: str = typer.Argument(..., help="model family, see `
 
 @models_app.command("extract-llm")
 def models_extract_llm(model: Path = typer.Argument(..., help="speech-LLM checkpoint folder"),
-                       out: Path = typer.Option(..., "--out", help="folder for the causal-LM checkpoint")):
+                       out: Path = typer.Option(..., "--out", help="folder for the causal-LM checkpoint"),
+                       audio_model: Optional[Path] = AUDIO_MODEL, text_model: Optional[Path] = TEXT_MODEL):
     """Save a speech LLM's own text decoder as a causal-LM checkpoint (the matched backbone)."""
     from interp.models import load_model
     from interp.models.backbone import extract_language_model
 
-    path = extract_language_model(load_model(model, device="cpu"), out)
+    path = extract_language_model(load_model(model, device="cpu", audio_model=audio_model, text_model=text_model), out)
     console.print(f"wrote the language model of {model} to [bold]{path}[/]")
 
 
@@ -154,6 +161,8 @@ def trace_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
     limit: Optional[int] = typer.Option(None, help="trace only the first N items"),
     prompt: Optional[str] = typer.Option(None, help="instruction sent with the audio (default: the item's task prompt)"),
+    audio_model: Optional[Path] = AUDIO_MODEL,
+    text_model: Optional[Path] = TEXT_MODEL,
 ):
     """Record residual activations of MODEL over a manifest into an HDF5 store."""
     from interp.manifest import read_manifest
@@ -163,7 +172,8 @@ def trace_cmd(
     if resume and overwrite:
         raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit)
-    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
+                         text_model=text_model)
     with LazyBar("trace", len(rows)) as bar:
         summary = trace(adapter, rows, out, layers=layers, positions=positions, dtype=dtype, batch_size=batch_size,
                         resume=resume, overwrite=overwrite, prompt=prompt, component=component,
@@ -361,6 +371,8 @@ def run_cmd(
     resume: bool = typer.Option(False, "--resume", help="answer only the items not yet in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
     limit: Optional[int] = typer.Option(None, help="only the first N items"),
+    audio_model: Optional[Path] = AUDIO_MODEL,
+    text_model: Optional[Path] = TEXT_MODEL,
 ):
     """Answer every item with a speech LLM (greedy) and score it."""
     from cascades.runner import PredictionsFile, answer_speech, pending
@@ -371,7 +383,8 @@ def run_cmd(
     _check_tasks(rows)
     preds = PredictionsFile(out, resume=resume, overwrite=overwrite)
     todo = pending(rows, preds.done_keys())
-    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
+                         text_model=text_model)
     with LazyBar("run", len(todo)) as bar:
         answer_speech(adapter, todo, system=system or model.name, batch_size=batch_size, max_new_tokens=max_new_tokens,
                       on_items_done=bar.advance, on_batch=preds.add)
@@ -406,6 +419,8 @@ def cascade_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
     limit: Optional[int] = typer.Option(None, help="only the first N items"),
     list_matched: bool = typer.Option(False, "--list-matched", help="show the study's matched speech-LLM / cascade pairs"),
+    audio_model: Optional[Path] = AUDIO_MODEL,
+    text_model: Optional[Path] = TEXT_MODEL,
 ):
     """Answer every item with an ASR -> LLM cascade (Whisper, then a text LLM)."""
     if list_matched:
@@ -438,7 +453,8 @@ def cascade_cmd(
     extra = {}
     if llm.startswith("self:"):
         speech_path = Path(llm[5:])
-        text_llm = TextLLM.from_speech_model(load_model(speech_path, dtype=dtype, device=dev), raw_prompt=raw_prompt)
+        text_llm = TextLLM.from_speech_model(load_model(speech_path, dtype=dtype, device=dev, audio_model=audio_model,
+                                                        text_model=text_model), raw_prompt=raw_prompt)
         if matched_to is not None and matched_to.resolve() != speech_path.resolve():
             check_matched(speech_backbone_config(matched_to), speech_backbone_config(speech_path), matched_to.name, llm)
         extra["matched_to"] = (matched_to or speech_path).name
@@ -613,6 +629,8 @@ def lens_cmd(
     plot_item: Optional[str] = typer.Option(None, "--plot-item", help="item id for the heatmap (default: the first)"),
     emit_text: Optional[str] = typer.Option(None, "--emit-text", help="LAYER whose lens text becomes the transcript of --emit-manifest"),
     emit_manifest: Optional[Path] = typer.Option(None, "--emit-manifest", help="manifest to write with LAYER's lens text as transcripts"),
+    audio_model: Optional[Path] = AUDIO_MODEL,
+    text_model: Optional[Path] = TEXT_MODEL,
 ):
     """Logit lens: each layer's residual through the model's final norm and unembedding, with bag-of-tokens scores."""
     from rich.markup import escape
@@ -627,7 +645,8 @@ def lens_cmd(
     if (emit_text is None) != (emit_manifest is None):
         raise InterpError("--emit-text LAYER and --emit-manifest PATH go together; give both")
     source = data or store
-    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
+                         text_model=text_model)
     if emit_text is not None:
         from interp.trace import parse_layers
 
@@ -691,6 +710,8 @@ def erase_cmd(
     refit: bool = typer.Option(False, "--refit", help="fit the erasers again even if --out holds some"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     model_dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16"),
+    audio_model: Optional[Path] = AUDIO_MODEL,
+    text_model: Optional[Path] = TEXT_MODEL,
 ):
     """Erase a concept with LEACE at several layers during generation: task accuracy for the
     baseline, the concept erased and its controls (Table 7), and a fresh probe's held-out score."""
@@ -706,7 +727,8 @@ def erase_cmd(
     rows = read_manifest(data, limit=limit)
     out = out or Path(f"erase-{concept.replace('+', '_')}")
     with ActivationStore(fit_store) as store, StageBars() as progress:
-        adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device)
+        adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
+                             text_model=text_model)
         result = erase_experiment(adapter, rows, store, concept, layers, out, positions=positions, affine=affine,
                                   controls=names, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                                   holdout=holdout, refit=refit, progress=progress)

@@ -74,9 +74,13 @@ def detect_family(path: str | Path) -> type[SpeechLM]:
     raise InterpError(f"{path} holds a '{model_type or 'unknown'}' model, which is not supported; supported families: {supported}")
 
 
-def load_model(path: str | Path, dtype="auto", device: str = "auto", device_map=None) -> SpeechLM:
+def load_model(path: str | Path, dtype="auto", device: str = "auto", device_map=None, audio_model=None,
+               text_model=None) -> SpeechLM:
     """Load a speech LLM (or Whisper) from a local folder with the right adapter, in `dtype`
-    ("auto": `resolve_dtype`'s rule, bfloat16 on CUDA, float32 elsewhere)."""
+    ("auto": `resolve_dtype`'s rule, bfloat16 on CUDA, float32 elsewhere).
+
+    `audio_model` / `text_model`: local folders of the base models a checkpoint names by hub
+    id (Ultravox's `audio_model_id` / `text_model_id`), where they are not in the HF cache."""
     import torch
 
     if device == "auto":
@@ -84,8 +88,12 @@ def load_model(path: str | Path, dtype="auto", device: str = "auto", device_map=
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise InterpError("--device cuda asked for but no CUDA device is visible; use --device cpu")
     cls = detect_family(path)
+    bases = {k: v for k, v in (("audio_model", audio_model), ("text_model", text_model)) if v is not None}
+    if bases and not cls.names_base_models:
+        raise InterpError(f"--audio-model / --text-model apply to checkpoints that name base models by id "
+                          f"(Ultravox); {path} is a {cls.family} checkpoint")
     try:
-        return cls.load(path, dtype=dtype, device=device, device_map=device_map)
+        return cls.load(path, dtype=dtype, device=device, device_map=device_map, **bases)
     except InterpError:
         raise
     except (OSError, ValueError) as e:

@@ -88,6 +88,8 @@ class SpeechLM:
     sampling_rate: ClassVar[int] = 16000
     max_audio_seconds: ClassVar[float | None] = 30.0  #: the family's longest audio; longer is truncated (with a warning)
     trust_remote_code: ClassVar[bool] = False
+    #: its checkpoints may name base weights by hub id; `load` then takes `audio_model` / `text_model` folders
+    names_base_models: ClassVar[bool] = False
 
     max_batch_size: ClassVar[int | None] = None  #: set where padding changes a family's activations
     audio_in_decoder: ClassVar[bool] = True  #: False where audio reaches the decoder only by cross-attention
