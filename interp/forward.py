@@ -80,15 +80,16 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
     for iv in interventions:
         iv.check(adapter)
     prompt_length = int(batch.token_ids.shape[1])
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
+    gen_kwargs = {**adapter.generate_kwargs(), "max_new_tokens": max_new_tokens, "do_sample": False, **generate_kwargs}
     if generate:
         tok = adapter.tokenizer
         gen_kwargs.setdefault("pad_token_id", tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     with torch.no_grad():
         if not interventions:
             if generate:
-                seq = adapter.model.generate(**batch.inputs, **gen_kwargs).cpu()
-                return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
+                out = adapter.model.generate(**batch.inputs, **gen_kwargs)
+                seq, new = adapter.generated(getattr(out, "sequences", out).cpu(), batch, streamed=False)
+                return RunResult(None, seq, new, prompt_length)
             return RunResult(adapter.model(**batch.inputs).logits, None, None, prompt_length)
         root = adapter.nnsight
         if not generate:
@@ -105,6 +106,6 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
                 for _ in tracer.all():
                     _apply_all(adapter, batch, interventions, step)
                     step += 1
-        seq = torch.cat(collect.chunks, dim=1)
-        return RunResult(None, seq, seq[:, prompt_length:], prompt_length)
+        seq, new = adapter.generated(torch.cat(collect.chunks, dim=1), batch, streamed=True)
+        return RunResult(None, seq, new, prompt_length)
 
