@@ -5,7 +5,9 @@ With no interventions it is a plain forward / `generate` call. With intervention
 nnsight trace whose body visits the decoder blocks in order and lets each intervention
 rewrite its layer's output; under generation the body runs for every step (`tracer.all()`),
 the prompt pass and each new token alike. Generated ids are collected with a streamer, so
-they come back even though the step loop is open-ended.
+they come back even though the step loop is open-ended. The adapter's `generated` turns what
+`generate` returned, or what the streamer saw, into (prompt + new ids, new ids), so both paths
+return what the family's own `generate` does (Whisper's returns the new tokens alone).
 """
 
 from __future__ import annotations
