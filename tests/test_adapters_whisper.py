@@ -148,3 +148,97 @@ def test_transcribe_returns_one_string_per_input(adapter, monkeypatch):
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert sum(windows) == 4 and max(windows) <= 2  # the 35 s input is two 30 s windows
     assert adapter.transcribe([], batch_size=2) == []
+
+
+# ---- English-only checkpoints and generation parity ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def english_only(tmp_path_factory):
+    return load_model(Whisper.make_tiny(tmp_path_factory.mktemp("whisper-en"), seed=1, english_only=True), device="cpu")
+
+
+def _prompt_generate_sees(adapter, features, **kwargs):
+    """The decoder prompt `generate` itself builds (the first thing its streamer is given)."""
+    from interp.forward import _Collect
+
+    seen = _Collect()
+    with torch.no_grad():
+        adapter.model.generate(features, max_new_tokens=2, streamer=seen, **kwargs)
+    return seen.chunks[0]
+
+
+@pytest.mark.parametrize("which", ["multilingual", "english_only"])
+def test_prompt_is_the_one_generate_builds(adapter, english_only, which):
+    whisper = adapter if which == "multilingual" else english_only
+    batch = whisper.prepare(_waves([1.2, 2.0]), ["", ""])
+    sees = _prompt_generate_sees(whisper, batch.inputs["input_features"], **whisper.generate_kwargs())
+    assert torch.equal(batch.token_ids, sees)
+    tokens = whisper.tokenizer.convert_ids_to_tokens(batch.token_ids[0].tolist())
+    if which == "english_only":
+        assert not whisper.is_multilingual and whisper.generate_kwargs() == {}
+        assert tokens == ["<|startoftranscript|>", "<|notimestamps|>"]
+        assert whisper.prompt_text("ignored") == "<|startoftranscript|><|notimestamps|>"
+        # with no arguments at all, generate prompts the same way
+        assert torch.equal(_prompt_generate_sees(whisper, batch.inputs["input_features"]), sees)
+        with pytest.raises(ValueError, match="English-only"):  # why transcribe must not force a language
+            whisper.model.generate(batch.inputs["input_features"], language="en", task="transcribe", max_new_tokens=2)
+    else:
+        assert whisper.is_multilingual
+        assert tokens == ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+
+
+def test_english_only_transcribes(english_only):
+    texts = english_only.transcribe(_waves([1.0, 0.6]), batch_size=2, max_new_tokens=4)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+@pytest.mark.parametrize("which", ["multilingual", "english_only"])
+def test_interp_run_generates_what_generate_does(adapter, english_only, which):
+    """`interp.run(generate=True)`, plain and through an nnsight trace, returns the tokens of
+    Whisper's own `generate`, none dropped (its generate returns the new tokens alone)."""
+    from interp.forward import run
+    from interp.interventions import Record
+
+    whisper = adapter if which == "multilingual" else english_only
+    batch = whisper.prepare(_waves([1.2, 2.0, 0.7], seed=4), ["", "", ""])
+    with torch.no_grad():
+        plain = whisper.model.generate(batch.inputs["input_features"], max_new_tokens=6, **whisper.generate_kwargs())
+    assert plain.shape[1] > 0
+    for interventions in ([], [Record(layers=[0], positions="all")]):
+        result = run(whisper, batch, interventions, generate=True, max_new_tokens=6)
+        assert torch.equal(result.new_tokens, plain), interventions
+        assert torch.equal(result.sequences, torch.cat([batch.token_ids, plain], dim=1))
+
+
+def test_streamed_tokens_are_cut_like_whisper_generate(english_only):
+    """A streamer sees end-of-text and the padding after it; Whisper's generate drops both and
+    pads rows to the longest."""
+    whisper = english_only
+    batch = whisper.prepare(_waves([1.0, 1.0]), ["", ""])
+    eos = whisper.model.generation_config.eos_token_id
+    prompt = batch.token_ids
+    steps = torch.tensor([[5, eos, eos, eos], [5, 6, 7, eos]])
+    seq, new = whisper.generated(torch.cat([prompt, steps], dim=1), batch, streamed=True)
+    assert new.tolist() == [[5, eos, eos], [5, 6, 7]]
+    assert torch.equal(seq, torch.cat([prompt, new], dim=1))
+    seq, new = whisper.generated(torch.tensor([[9, 8], [7, eos]]), batch, streamed=False)
+    assert new.tolist() == [[9, 8], [7, eos]] and torch.equal(seq[:, :2], prompt)
+
+
+def test_lens_reads_the_english_only_prompt(english_only, tmp_path):
+    from interp.audio import write_wav
+    from interp.lens import lens_live
+
+    write_wav(tmp_path / "a.wav", _waves([1.0])[0], SR)
+    result = lens_live(english_only, [{"id": "a", "audio": str(tmp_path / "a.wav"), "transcript": "the team"}],
+                       layers="all")
+    assert result.items[0].index.tolist() == [0, 1]  # <|startoftranscript|><|notimestamps|>
+
+
+def test_cascade_with_an_english_only_asr(run_cli, english_only, tiny_model_dir, demo_manifests, tmp_path):
+    out = tmp_path / "c.jsonl"
+    code, _, err = run_cli("cascade", "--asr", english_only.path, "--llm", f"self:{tiny_model_dir('qwen2-audio')}",
+                           "--data", demo_manifests["clean"], "--out", out, "--max-new-tokens", "2", "--limit", "2")
+    assert code == 0 and "Traceback" not in err, err
+    assert len(out.read_text().splitlines()) == 2

@@ -219,6 +219,17 @@ class SpeechLM:
         """Turn 16 kHz mono waveforms and instructions into a Batch on the model's device."""
         raise NotImplementedError
 
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments that every `generate` call of this family needs (none by default)."""
+        return {}
+
+    def generated(self, tokens: torch.Tensor, batch: Batch, streamed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequences, new tokens) of a generation: prompt + new ids, and the new ids alone, from
+        what `generate` returned (`streamed=False`) or what a streamer saw (`streamed=True`: the
+        prompt, then one column per step). Decoder-only `generate` returns the prompt and the new
+        tokens, the same as its streamer sees."""
+        return tokens, tokens[:, batch.token_ids.shape[1]:]
+
     def encoder_inputs(self, batch: Batch) -> tuple[dict[str, Any], list[AudioSpan]]:
         """Keyword arguments for the audio encoder alone and each item's encoder frames."""
         raise InterpError(f"{self.family} does not support --component encoder yet")

@@ -8,13 +8,20 @@ a stride-2 convolution, so 1500 encoder frames of 20 ms. Probing uses the encode
 
 The decoder is a text LM attending to the encoder through cross-attention, so the base
 contract's decoder residual stream holds no audio positions: `prepare` gives the
-transcription prompt `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>` as
-`decoder_input_ids`, every AudioSpan is empty, and the decoder layers, final norm and
-`proj_out` give a decoder-side logit lens.
+checkpoint's own transcription prompt as `decoder_input_ids`, every AudioSpan is empty, and
+the decoder layers, final norm and `proj_out` give a decoder-side logit lens. The prompt is
+read from the generation config, as `generate` builds it: multilingual checkpoints take
+`<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`; English-only ones (`*.en`,
+`is_multilingual` false) have no language or task tokens and take
+`<|startoftranscript|><|notimestamps|>` (given the multilingual prompt, tiny.en predicts
+end-of-text at once).
 
-`transcribe` is the ASR of cascades: English transcription forced through
-`generate(language="en", task="transcribe")`; audio longer than 30 s is cut into
-consecutive 30 s windows whose transcripts are joined with spaces.
+`transcribe` is the ASR of cascades: English transcription (forced through
+`generate(language="en", task="transcribe")` on multilingual checkpoints, whose
+`generate` refuses those arguments on English-only ones); audio longer than 30 s is cut into
+consecutive 30 s windows whose transcripts are joined with spaces. Whisper's `generate`
+returns only the new tokens, without the end-of-text token; `generated` gives
+`interp.run` the same from what a streamer saw.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ import torch
 
 from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times
 
+#: The prompt of multilingual checkpoints, used where a generation config does not say.
 PROMPT_TOKENS = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+#: openai-whisper's rule where a generation config lacks `is_multilingual`.
+MULTILINGUAL_VOCAB = 51865
 
 
 class Whisper(SpeechLM):
@@ -54,16 +64,59 @@ class Whisper(SpeechLM):
     def feature_extractor(self):
         return self.processor.feature_extractor
 
+    @property
+    def is_multilingual(self) -> bool:
+        """False for English-only checkpoints (`*.en`), which take no language or task tokens."""
+        flag = getattr(self.model.generation_config, "is_multilingual", None)
+        if flag is not None:
+            return bool(flag)
+        return int(self.model.config.vocab_size) >= MULTILINGUAL_VOCAB
+
+    def prompt_tokens(self) -> list[str]:
+        """The transcription prompt as tokens: this checkpoint's own, as its `generate` builds it."""
+        if self.is_multilingual:
+            return list(PROMPT_TOKENS)
+        return ["<|startoftranscript|>", "<|notimestamps|>"]
+
     def prompt_ids(self) -> list[int]:
-        """The transcription prompt (no instruction: Whisper takes none)."""
-        ids = self.tokenizer.convert_tokens_to_ids(list(PROMPT_TOKENS))
-        unknown = [t for t, i in zip(PROMPT_TOKENS, ids) if i is None or i == self.tokenizer.unk_token_id]
+        """The transcription prompt (no instruction: Whisper takes none), ids from the generation
+        config where it has them, else from the tokenizer."""
+        tokens = self.prompt_tokens()
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        unknown = [t for t, i in zip(tokens, ids) if i is None or i == self.tokenizer.unk_token_id]
         if unknown:
             raise RuntimeError(f"the Whisper tokenizer at {self.path} lacks {', '.join(unknown)}")
-        return ids
+        gc = self.model.generation_config
+        from_config = {"<|startoftranscript|>": gc.decoder_start_token_id,
+                       "<|notimestamps|>": getattr(gc, "no_timestamps_token_id", None),
+                       "<|en|>": (getattr(gc, "lang_to_id", None) or {}).get("<|en|>"),
+                       "<|transcribe|>": (getattr(gc, "task_to_id", None) or {}).get("transcribe")}
+        return [int(from_config[t]) if from_config.get(t) is not None else int(i) for t, i in zip(tokens, ids)]
 
     def prompt_text(self, instruction: str) -> str:
-        return "".join(PROMPT_TOKENS)
+        return "".join(self.prompt_tokens())
+
+    def generate_kwargs(self) -> dict:
+        """English transcription, asked for only where the checkpoint knows languages."""
+        return {"language": "en", "task": "transcribe"} if self.is_multilingual else {}
+
+    def generated(self, tokens: torch.Tensor, batch: Batch, streamed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whisper's `generate` returns the new tokens alone, each row cut before its end-of-text
+        and padded to the longest row; a streamer sees the prompt, then every step's tokens
+        (end-of-text and padding included), which are cut the same way here."""
+        prompt = batch.token_ids.to(tokens.device)
+        if not streamed:
+            return torch.cat([prompt, tokens], dim=1), tokens
+        prompt_length = prompt.shape[1]
+        gc = self.model.generation_config
+        eos = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
+        pad = gc.pad_token_id if gc.pad_token_id is not None else eos[0]
+        rows = []
+        for row in tokens[:, prompt_length:].tolist():
+            rows.append(row[:next((k for k, t in enumerate(row) if t in eos), len(row))])
+        width = max((len(r) for r in rows), default=0)
+        new = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=tokens.dtype).reshape(len(rows), width)
+        return torch.cat([tokens[:, :prompt_length], new], dim=1), new
 
     def _features(self, waveforms) -> torch.Tensor:
         # Padded to the 30 s window: the encoder takes exactly max_source_positions * 2 frames.
@@ -106,7 +159,7 @@ class Whisper(SpeechLM):
                 windows.append(w[start:start + window])
                 owner.append(i)
         texts: list[list[str]] = [[] for _ in waveforms]
-        kwargs = {"language": "en", "task": "transcribe"}
+        kwargs = self.generate_kwargs()
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         for b in range(0, len(windows), batch_size):
@@ -123,9 +176,12 @@ class Whisper(SpeechLM):
 
     @classmethod
     def make_tiny(cls, out, seed: int = 0, d_model: int = 32, encoder_layers: int = 2, decoder_layers: int = 2,
-                  num_mel_bins: int = 80) -> Path:
+                  num_mel_bins: int = 80, english_only: bool = False) -> Path:
         """A tiny `WhisperForConditionalGeneration` with a `WhisperProcessor` and a generation
-        config that lets `generate(language=..., task=...)` run, all loadable offline."""
+        config that lets `generate(language=..., task=...)` run, all loadable offline.
+        `english_only` lays the generation config out as the `*.en` releases do:
+        `is_multilingual` false and no language or task ids, so `generate` prompts with
+        `<|startoftranscript|><|notimestamps|>` and refuses `language=`/`task=`."""
         from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
                                   WhisperForConditionalGeneration, WhisperProcessor)
 
@@ -146,10 +202,12 @@ class Whisper(SpeechLM):
         langs = [t for t in WHISPER_SPECIALS if len(t) == 6]  # <|en|>, <|de|>, ...
         # A generation config of its own (not derived from the model config, which would drop
         # the Whisper-specific fields on reload), laid out like the released ones.
+        languages = {} if english_only else dict(
+            lang_to_id={t: ids[t] for t in langs},
+            task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]})
         model.generation_config = GenerationConfig(
             decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-            max_length=24, is_multilingual=True, lang_to_id={t: ids[t] for t in langs},
-            task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+            max_length=24, is_multilingual=not english_only, **languages,
             no_timestamps_token_id=ids["<|notimestamps|>"], forced_decoder_ids=None, suppress_tokens=[],
             begin_suppress_tokens=[eos], prev_sot_token_id=ids["<|startofprev|>"],
         )
