@@ -267,20 +267,12 @@ class PredictionsFile:
 
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # the line a killed run was writing: drop it, so its item is answered again
-            with open(self.path, "r+b") as fh:
-                fh.truncate(end)
-                os.fsync(fh.fileno())
-            warn(f"dropped a cut-off last line of {self.path} (an interrupted write); its item is answered again")
-            data = data[:end]
         try:
-            text = data.decode("utf-8")
+            text = data[:end].decode("utf-8")
         except UnicodeDecodeError:
-            raise InterpError(f"{self.path} is not a predictions file (not UTF-8 JSON Lines); choose another --out "
-                              "or pass --overwrite") from None
+            text = None
         rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate((text or "\0").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -288,10 +280,17 @@ class PredictionsFile:
             except json.JSONDecodeError:
                 row = None
             if not isinstance(row, dict) or "id" not in row:
-                raise InterpError(f"{self.path}:{lineno} is not a predictions line (a JSON object with 'id'); choose "
+                what = "a JSON object with 'id'" if text is not None else "UTF-8 JSON Lines"
+                raise InterpError(f"{self.path} is not a predictions file (line {lineno} is not {what}); choose "
                                   "another --out or pass --overwrite")
             self._check(row, f"{self.path}:{lineno}")
             rows.append(row)
+        if end < len(data):
+            # the line a killed run was writing: drop it, so its item is answered again
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+                os.fsync(fh.fileno())
+            warn(f"dropped a cut-off last line of {self.path} (an interrupted write); its item is answered again")
         return rows
 
     def _check(self, row: dict, where: str) -> None:

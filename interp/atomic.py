@@ -93,9 +93,11 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_durable(path: str | os.PathLike, data: bytes, resumable: bool = False) -> None:
+def write_durable(path: str | os.PathLike, data: bytes, resumable: bool = False,
+                  where: str | os.PathLike | None = None) -> None:
     """Write `data` to `path` by a temporary sibling, fsync and rename: after a kill or a power
-    cut `path` holds either its old bytes or all of `data`. Only os calls touch the disk."""
+    cut `path` holds either its old bytes or all of `data`. Only os calls touch the disk.
+    Errors name `where` (default: the folder of `path`)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -109,11 +111,34 @@ def write_durable(path: str | os.PathLike, data: bytes, resumable: bool = False)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        err = io_error(e, path.parent, resumable)
+        err = io_error(e, where or path.parent, resumable)
         if isinstance(err, InterpError):
             raise err from None
         raise
     fsync_dir(path.parent)
+
+
+def explain_write_failure(path: str | os.PathLike, error: Exception) -> InterpError:
+    """One line for a library that failed to write `path` without saying why (libsndfile's
+    "System error"): probe the folder with a plain write to learn the errno."""
+    path = Path(path)
+    probe = path.parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(fd, b"\0" * 65536)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        err = io_error(e, path.parent)
+        if isinstance(err, InterpError):
+            return err
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return InterpError(f"cannot write {path}: {first}")
 
 
 def owner_tag() -> str:

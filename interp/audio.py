@@ -105,8 +105,13 @@ def write_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = 16000
     """Write mono 16-bit PCM WAV atomically."""
     import soundfile as sf
 
+    from interp.atomic import explain_write_failure
+
     with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
+        try:
+            sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
+        except (RuntimeError, sf.SoundFileError) as e:  # libsndfile: "System error", no errno
+            raise explain_write_failure(path, e) from None
 
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")

@@ -87,8 +87,17 @@ class OutputLock:
             raise InterpError(f"cannot lock {self.path}: its lock file keeps changing; try again")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(info) + "\n").encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(info) + "\n").encode())
+        except OSError as e:
+            from interp.errors import io_error
+
+            os.unlink(self.file)
+            os.close(fd)
+            err = io_error(e, self.file.parent)
+            raise (err if isinstance(err, InterpError) else InterpError(
+                f"cannot lock {self.path}: {e.strerror}; choose a writable output path")) from None
         self.fd, self.depth = fd, 1
         _HELD[key] = self
         return self

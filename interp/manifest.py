@@ -53,7 +53,12 @@ def read_manifest(path: str | os.PathLike, limit: int | None = None, require_aud
         seen[row["id"]] = lineno
         if row.get("audio"):
             audio = Path(row["audio"])
-            row["audio"] = str(audio if audio.is_absolute() else (path.parent / audio).resolve())
+            if not audio.is_absolute():
+                try:
+                    audio = (path.parent / audio).resolve()
+                except (OSError, RuntimeError):  # a symlink loop: left for the audio check to name
+                    audio = Path(os.path.abspath(path.parent / audio))
+            row["audio"] = str(audio)
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

@@ -173,7 +173,8 @@ class StoreWriter:
         n_rows = int(sum(counts))
         name = f"part-{len(self.parts):06d}.h5"
         cols = _item_columns(records)
-        write_durable(self.parts_dir / name, self._part_image(records, cols, counts), resumable=True)
+        write_durable(self.parts_dir / name, self._part_image(records, cols, counts), resumable=True,
+                      where=self.path.parent)
         columns = {k: self.columns[k] + cols[k] for k in ITEM_FIELDS}
         offsets = self.offsets + (self.offsets[-1] + np.cumsum(counts)).tolist()
         parts = self.parts + [(name, len(records), n_rows)]

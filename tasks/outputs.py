@@ -32,7 +32,11 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
         stage = Path(tempfile.mkdtemp(prefix=f".staging-{owner_tag()}.", dir=out_dir))
     except OSError as e:
-        raise InterpError(f"cannot write to {out_dir}: {e.strerror}; choose a writable --out folder") from None
+        from interp.errors import io_error
+
+        err = io_error(e, out_dir)
+        raise (err if isinstance(err, InterpError) else InterpError(
+            f"cannot write to {out_dir}: {e.strerror}; choose a writable --out folder")) from None
     ok = False
     try:
         yield stage

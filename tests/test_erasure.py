@@ -274,7 +274,7 @@ def test_erase_cli_bad_input(real, run_cli, tmp_path):
     eraser.save(tmp_path / "layer" / "erasers" / "label.safetensors")
     _one_line_error(*run_cli(*_args(real, tmp_path / "model"))[::2], "another model")
     _one_line_error(*run_cli(*_args(real, tmp_path / "width"))[::2], "width 32")
-    _one_line_error(*run_cli(*_args(real, tmp_path / "layer", layers="0,2"))[::2], "has no layer 2")
+    _one_line_error(*run_cli(*_args(real, tmp_path / "layer", layers="0,2"))[::2], "has no layer 2", "--refit")
     _one_line_error(*run_cli(*_args(real, tmp_path / "x", layers="0,9"))[::2], "out of range")
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", real["store"],
                            "--concept", "task", "--layers", "0", "--out", tmp_path / "y")
@@ -289,3 +289,22 @@ def test_erase_cli_bad_input(real, run_cli, tmp_path):
                            "--concept", "label", "--layers", "0", "--out", tmp_path / "w")
     _one_line_error(code, err, "made by another model")
     assert not any((tmp_path / d).exists() for d in "xyzw")
+
+
+def test_erasers_found_in_out_must_come_from_the_fit_store(real, run_cli, tmp_path):
+    from interp.manifest import read_manifest
+    from interp.trace import trace
+
+    out = tmp_path / "out"
+    quick = ("--limit", "2", "--max-new-tokens", "2", "--controls", "")
+    assert run_cli(*_args(real, out, *quick))[0] == 0
+    other = tmp_path / "other.h5"  # the same model over fewer items: another store
+    trace(real["adapter"], read_manifest(real["manifest"])[:40], other, layers="all", positions="all", dtype="float32",
+          batch_size=20)
+    args = list(_args(real, out, *quick))
+    args[args.index("--fit-store") + 1] = other
+    _one_line_error(*run_cli(*args)[::2], "fitted on another store", str(real["store"]), "--refit")
+    code, _, err = run_cli(*args, "--refit")
+    assert code == 0, err
+    assert json.loads((out / "erase.json").read_text())["store"] == str(other)
+
