@@ -831,13 +831,19 @@ def log_unexpected(exc: BaseException) -> Path | None:
     return None
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None):
+def _warning_printer(original):
+    """showwarning that prints interp's warnings as one line each and leaves others as they were."""
     from rich.markup import escape
 
     from interp.errors import InterpWarning
 
-    if issubclass(category, InterpWarning):
-        console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InterpWarning):
+            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def main() -> None:
@@ -859,7 +865,7 @@ def main() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", InterpWarning)
-        warnings.showwarning = _print_warning
+        warnings.showwarning = _warning_printer(warnings.showwarning)
         try:
             from transformers.utils import logging as hf_logging
 

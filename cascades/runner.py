@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from interp.atomic import write_jsonl
 from interp.audio import load_audio
 from interp.errors import InterpError
 from interp.models.base import SpeechLM
@@ -206,7 +205,7 @@ class PredictionsFile:
                  command: str | None = None):
         import os
 
-        from interp.errors import io_error, path_problem
+        from interp.errors import path_problem
         from interp.locks import OutputLock
 
         self.path = Path(path)
@@ -295,6 +294,10 @@ class PredictionsFile:
 
     def _check(self, row: dict, where: str) -> None:
         have = row.get("model_fingerprint")
+        if self.model_fingerprint and not have:
+            raise InterpError(f"cannot resume {self.path}: {where} (item '{row['id']}') records no model fingerprint "
+                              "(written by an older interp or another tool), so its model cannot be checked; choose "
+                              "another --out or pass --overwrite")
         if self.model_fingerprint and have != self.model_fingerprint:
             raise InterpError(f"cannot resume {self.path}: {where} (item '{row['id']}') was answered by another model "
                               f"(fingerprint {have or 'missing'}, this one is {self.model_fingerprint}); choose another "

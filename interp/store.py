@@ -212,7 +212,8 @@ class StoreWriter:
         self.attrs, self.parts, self.store_id, self.parts_dir, self.complete = meta, parts, store_id, parts_dir, False
 
     def _part_image(self, records, cols, counts) -> bytes:
-        with _memory_file() as f:
+        size = sum(x.nbytes for r in records for x in r.resid.values()) + 64 * int(sum(counts))
+        with _memory_file(size) as f:
             _set_attrs(f, dict(store_id=self.store_id, part=len(self.parts), first_item=self.n_items,
                                first_row=self.offsets[-1]))
             _write_items(f, cols, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
@@ -294,8 +295,11 @@ class StoreWriter:
 
 
 @contextlib.contextmanager
-def _memory_file() -> Iterator[h5py.File]:
-    f = h5py.File(f"interp-image-{secrets.token_hex(8)}", "w", driver="core", backing_store=False)
+def _memory_file(size_hint: int = 0) -> Iterator[h5py.File]:
+    # the core driver grows its buffer by block_size: one block the size of the image avoids
+    # reallocating (and copying) it over and over
+    block = max(1 << 20, int(size_hint) + (1 << 20))
+    f = h5py.File(f"interp-image-{secrets.token_hex(8)}", "w", driver="core", backing_store=False, block_size=block)
     try:
         yield f
     finally:

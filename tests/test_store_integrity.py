@@ -7,7 +7,6 @@ resume and finish byte-identical, file by file, to the same store continued with
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
