@@ -32,7 +32,9 @@ class OutputLock:
     """An exclusive, re-entrant lock on one output path (file or folder)."""
 
     def __init__(self, path: str | os.PathLike, command: str | None = None):
-        self.path = Path(os.path.abspath(path))
+        path = Path(path)
+        # one lock per output, whatever path names it: resolve the folder (the output itself may not exist yet)
+        self.path = Path(os.path.realpath(path.parent)) / path.name
         self.file = lock_path(self.path)
         self.command = command or " ".join(["interp"] + sys.argv[1:])
         self.fd: int | None = None
