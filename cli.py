@@ -140,26 +140,38 @@ def models_list(ctx: typer.Context):
 
 @models_app.command("make-tiny")
 def models_make_tiny(family: str = typer.Argument(..., help="model family, see `interp models`"),
-                     out: Path = typer.Option(..., "--out", help="folder to write the checkpoint to"),
-                     seed: int = typer.Option(0, help="seed for the random weights")):
+                     out: Path = typer.Option(..., "--out", help="folder to write the checkpoint to (new or empty)"),
+                     seed: int = typer.Option(0, help="seed for the random weights"),
+                     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder")):
     """Write a tiny random checkpoint of FAMILY's real class that loads offline."""
+    from interp.atomic import staged_folder
+    from interp.locks import OutputLock
     from interp.models import get_family
 
     cls = get_family(family)
-    path = cls.make_tiny(out, seed=seed)
-    console.print(f"wrote tiny {family} checkpoint to [bold]{path}[/]")
+    with OutputLock(out), staged_folder(out, overwrite) as stage:
+        cls.make_tiny(stage, seed=seed)
+    console.print(f"wrote tiny {family} checkpoint to [bold]{out}[/]")
 
 
 @models_app.command("extract-llm")
 def models_extract_llm(model: Path = typer.Argument(..., help="speech-LLM checkpoint folder"),
-                       out: Path = typer.Option(..., "--out", help="folder for the causal-LM checkpoint"),
+                       out: Path = typer.Option(..., "--out", help="folder for the causal-LM checkpoint (new or empty)"),
+                       overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
                        audio_model: Optional[Path] = AUDIO_MODEL, text_model: Optional[Path] = TEXT_MODEL):
     """Save a speech LLM's own text decoder as a causal-LM checkpoint (the matched backbone)."""
+    import os
+
+    from interp.atomic import staged_folder
+    from interp.locks import OutputLock
     from interp.models import load_model
     from interp.models.backbone import extract_language_model
 
-    path = extract_language_model(load_model(model, device="cpu", audio_model=audio_model, text_model=text_model), out)
-    console.print(f"wrote the language model of {model} to [bold]{path}[/]")
+    if out.exists() and model.exists() and os.path.samefile(out, model):
+        raise InterpError(f"--out {out} is the speech checkpoint itself; give a new folder for its language model")
+    with OutputLock(out), staged_folder(out, overwrite) as stage:
+        extract_language_model(load_model(model, device="cpu", audio_model=audio_model, text_model=text_model), stage)
+    console.print(f"wrote the language model of {model} to [bold]{out}[/]")
 
 
 @models_app.command("get")
@@ -222,6 +234,7 @@ def trace_cmd(
     text_model: Optional[Path] = TEXT_MODEL,
 ):
     """Record residual activations of MODEL over a manifest into an HDF5 store."""
+    from interp.locks import OutputLock
     from interp.manifest import read_manifest
     from interp.models import load_model
     from interp.trace import trace
@@ -229,12 +242,15 @@ def trace_cmd(
     if resume and overwrite:
         raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit)
-    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
-                         text_model=text_model)
-    with LazyBar("trace", len(rows)) as bar:
-        summary = trace(adapter, rows, out, layers=layers, positions=positions, dtype=dtype, batch_size=batch_size,
-                        resume=resume, overwrite=overwrite, prompt=prompt, component=component,
-                        command=" ".join(["interp"] + sys.argv[1:]), on_items_done=bar.advance)
+    if out.is_dir():
+        raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
+    with OutputLock(out):  # before loading the model, so a second writer fails at once
+        adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device,
+                             audio_model=audio_model, text_model=text_model)
+        with LazyBar("trace", len(rows)) as bar:
+            summary = trace(adapter, rows, out, layers=layers, positions=positions, dtype=dtype, batch_size=batch_size,
+                            resume=resume, overwrite=overwrite, prompt=prompt, component=component,
+                            command=" ".join(["interp"] + sys.argv[1:]), on_items_done=bar.advance)
     console.print(f"traced {summary.n_new} new item(s); store [bold]{summary.path}[/] holds {summary.n_items} items, "
                   f"{summary.n_rows} positions, layers {','.join(summary.layers)}")
     if summary.truncated:
@@ -433,18 +449,27 @@ def run_cmd(
 ):
     """Answer every item with a speech LLM (greedy) and score it."""
     from cascades.runner import PredictionsFile, answer_speech, pending
+    from interp.fingerprint import input_fingerprint, model_fingerprint
     from interp.manifest import read_manifest
-    from interp.models import load_model
+    from interp.models import detect_family, load_model
+    from tasks import get_task
 
+    if resume and overwrite:
+        raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit)
     _check_tasks(rows)
-    preds = PredictionsFile(out, resume=resume, overwrite=overwrite)
-    todo = pending(rows, preds.done_keys())
-    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
-                         text_model=text_model)
-    with LazyBar("run", len(todo)) as bar:
-        answer_speech(adapter, todo, system=system or model.name, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                      on_items_done=bar.advance, on_batch=preds.add)
+    detect_family(model)
+    inputs = {(str(r["id"]), r.get("snr_db")): input_fingerprint(r["audio"], get_task(r["task"]).speech_prompt(r))
+              for r in rows}
+    # checked before the model loads: a resume by another model, or for other inputs, fails at once
+    with PredictionsFile(out, resume=resume, overwrite=overwrite, model_fingerprint=model_fingerprint(model),
+                         input_fingerprints=inputs) as preds:
+        todo = pending(rows, preds.done_keys())
+        adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device,
+                             audio_model=audio_model, text_model=text_model)
+        with LazyBar("run", len(todo)) as bar:
+            answer_speech(adapter, todo, system=system or model.name, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          on_items_done=bar.advance, on_batch=preds.add)
     print_accuracy(preds.rows)
     console.print(f"predictions: [bold]{out}[/]")
 
@@ -494,56 +519,80 @@ def cascade_cmd(
         return
     from cascades.cascade import (backbone_config, check_matched, gold_transcripts, speech_backbone_config,
                                   transcribe, transcripts_from_manifest)
-    from cascades.runner import PredictionsFile, TextLLM, answer_text, pending, word_error_rate
+    from cascades.runner import PredictionsFile, TextLLM, answer_text, check_text_llm, pending, word_error_rate
+    from interp.fingerprint import input_fingerprint, model_fingerprint
     from interp.manifest import read_manifest
-    from interp.models import load_model
+    from interp.models import detect_family, load_model
     from interp.models.base import dtype_name, resolve_dtype
+    from tasks import get_task
 
     if data is None or out is None or llm is None:
         raise InterpError("interp cascade needs --data, --out and --llm (or --list-matched)")
     if transcripts is None and asr is None:
         raise InterpError("give --asr WHISPER_PATH, or --transcripts gold|MANIFEST to skip ASR")
+    if resume and overwrite:
+        raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit, require_audio=transcripts is None)
     _check_tasks(rows)
-    dev = device if device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
-    dtype = resolve_dtype(model_dtype, dev)
-    extra = {}
+    llm_path = Path(llm[5:]) if llm.startswith("self:") else Path(llm)
     if llm.startswith("self:"):
-        speech_path = Path(llm[5:])
-        text_llm = TextLLM.from_speech_model(load_model(speech_path, dtype=dtype, device=dev, audio_model=audio_model,
-                                                        text_model=text_model), raw_prompt=raw_prompt)
-        if matched_to is not None and matched_to.resolve() != speech_path.resolve():
-            check_matched(speech_backbone_config(matched_to), speech_backbone_config(speech_path), matched_to.name, llm)
-        extra["matched_to"] = (matched_to or speech_path).name
+        if detect_family(llm_path).family == "whisper":
+            raise InterpError(f"--llm {llm} is Whisper, which has no text LLM to answer with; give a speech LLM after "
+                              "self:, or a causal-LM checkpoint")
     else:
-        speech_config = speech_backbone_config(matched_to) if matched_to is not None else None
-        text_llm = TextLLM.from_path(llm, device=dev, dtype=dtype, raw_prompt=raw_prompt)
-        if speech_config is not None:
-            check_matched(speech_config, backbone_config(text_llm.model.config), matched_to.name, text_llm.name)
-            extra["matched_to"] = matched_to.name
-    text_llm.check_chat_format()  # no chat format and no --raw-prompt: stop before any work
-    preds = PredictionsFile(out, resume=resume, overwrite=overwrite)
-    todo = pending(rows, preds.done_keys())
+        check_text_llm(llm_path)
+    if transcripts is None and detect_family(asr).family != "whisper":
+        raise InterpError(f"--asr {asr} is a {detect_family(asr).family} checkpoint, not Whisper; give a local Whisper "
+                          "checkpoint folder")
     if transcripts == "gold":
-        texts, source = gold_transcripts(todo), "gold"
+        given, source = gold_transcripts(rows), "gold"
     elif transcripts:
-        texts, source = transcripts_from_manifest(transcripts, todo), Path(transcripts).stem
+        given, source = transcripts_from_manifest(transcripts, rows), Path(transcripts).stem
     else:
-        with LazyBar("asr", len(todo)) as bar:
-            texts = transcribe(asr, todo, batch_size=batch_size, device=dev, dtype=dtype, on_items_done=bar.advance)
-        source = asr.name
-        extra["asr_dtype"] = dtype_name(dtype)
-        refs = [(r.get("transcript"), texts[str(r["id"])]) for r in todo if r.get("transcript")]
-        if refs:
-            wer = word_error_rate([a for a, _ in refs], [b for _, b in refs])
-            console.print(f"ASR word error rate against the manifest transcripts: [bold]{wer:.3f}[/] over {len(refs)} items")
-    name = system or f"cascade:{source}->{text_llm.name}"
-    with LazyBar("llm", len(todo)) as bar:
-        answer_text(text_llm, todo, texts, system=name, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                    on_items_done=bar.advance, on_batch=preds.add, extra=extra)
+        given, source = None, asr.name
+    # the system's identity: its ASR (or the transcripts' source) and its LLM; each item's input:
+    # its audio for ASR, else the transcript the LLM reads, with the task's text prompt
+    system_fp = __import__("hashlib").sha256(json.dumps(
+        [model_fingerprint(asr) if given is None else f"transcripts:{transcripts if transcripts == 'gold' else 'file'}",
+         ("self:" if llm.startswith("self:") else "") + model_fingerprint(llm_path)]).encode()).hexdigest()[:16]
+    inputs = {(str(r["id"]), r.get("snr_db")): input_fingerprint(
+        r.get("audio") if given is None else None,
+        get_task(r["task"]).text_prompt(r, "" if given is None else given[str(r["id"])])) for r in rows}
+    with PredictionsFile(out, resume=resume, overwrite=overwrite, model_fingerprint=system_fp,
+                         input_fingerprints=inputs) as preds:
+        todo = pending(rows, preds.done_keys())
+        dev = device if device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+        dtype = resolve_dtype(model_dtype, dev)
+        extra = {}
+        if llm.startswith("self:"):
+            text_llm = TextLLM.from_speech_model(load_model(llm_path, dtype=dtype, device=dev, audio_model=audio_model,
+                                                            text_model=text_model), raw_prompt=raw_prompt)
+            if matched_to is not None and matched_to.resolve() != llm_path.resolve():
+                check_matched(speech_backbone_config(matched_to), speech_backbone_config(llm_path), matched_to.name, llm)
+            extra["matched_to"] = (matched_to or llm_path).name
+        else:
+            speech_config = speech_backbone_config(matched_to) if matched_to is not None else None
+            text_llm = TextLLM.from_path(llm, device=dev, dtype=dtype, raw_prompt=raw_prompt)
+            if speech_config is not None:
+                check_matched(speech_config, backbone_config(text_llm.model.config), matched_to.name, text_llm.name)
+                extra["matched_to"] = matched_to.name
+        text_llm.check_chat_format()  # no chat format and no --raw-prompt: stop before any work
+        if given is not None:
+            texts = {str(r["id"]): given[str(r["id"])] for r in todo}
+        else:
+            with LazyBar("asr", len(todo)) as bar:
+                texts = transcribe(asr, todo, batch_size=batch_size, device=dev, dtype=dtype, on_items_done=bar.advance)
+            extra["asr_dtype"] = dtype_name(dtype)
+            refs = [(r.get("transcript"), texts[str(r["id"])]) for r in todo if r.get("transcript")]
+            if refs:
+                wer = word_error_rate([a for a, _ in refs], [b for _, b in refs])
+                console.print(f"ASR word error rate against the manifest transcripts: [bold]{wer:.3f}[/] over {len(refs)} items")
+        name = system or f"cascade:{source}->{text_llm.name}"
+        with LazyBar("llm", len(todo)) as bar:
+            answer_text(text_llm, todo, texts, system=name, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        on_items_done=bar.advance, on_batch=preds.add, extra=extra)
     print_accuracy(preds.rows)
     console.print(f"predictions: [bold]{out}[/]")
-
 
 
 @app.command("compare")
@@ -644,6 +693,8 @@ def probe_cmd(
     from interp.probes import ProbeConfig, plan_probe, run_probe
     from interp.store import ActivationStore
 
+    if max_positions is not None and max_positions < 1:
+        raise InterpError(f"--max-positions must be at least 1 (got {max_positions}); leave it out to keep every position")
     config = ProbeConfig(folds=folds, seed=seed, max_positions=max_positions, device=device)
     with ActivationStore(store) as st:
         plan = plan_probe(st, target, layers=layers, positions=positions, kind=kind, config=config)
@@ -702,8 +753,20 @@ def lens_cmd(
     if (emit_text is None) != (emit_manifest is None):
         raise InterpError("--emit-text LAYER and --emit-manifest PATH go together; give both")
     source = data or store
-    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
-                         text_model=text_model)
+    if data is not None:
+        from interp.manifest import read_manifest
+
+        rows = read_manifest(data, limit=limit)
+        ids = [str(r["id"]) for r in rows]
+    else:
+        from interp.store import ActivationStore
+
+        with ActivationStore(store) as st:
+            ids = [str(i) for i in st.ids]
+    if plot_item is not None and plot_item not in ids:
+        raise InterpError(f"--plot-item '{plot_item}' is not an item of {source.name} (e.g. {', '.join(ids[:3])}); "
+                          "give one of its ids")
+    adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model, text_model=text_model)
     if emit_text is not None:
         from interp.trace import parse_layers
 
@@ -711,9 +774,6 @@ def lens_cmd(
         if layers.strip() != "all":
             layers = f"{layers},{emit_text}"
     if data is not None:
-        from interp.manifest import read_manifest
-
-        rows = read_manifest(data, limit=limit)
         with LazyBar("lens", len(rows)) as bar:
             result = lens_live(adapter, rows, layers=layers, positions=positions, top_k=top_k, batch_size=batch_size,
                                prompt=prompt, on_items_done=bar.advance)
@@ -780,16 +840,19 @@ def erase_cmd(
     from interp.models import load_model
     from interp.store import ActivationStore
 
+    from interp.locks import OutputLock
+
     names = [c.strip() for c in controls.split(",") if c.strip()]
     rows = read_manifest(data, limit=limit)
     out = out or Path(f"erase-{concept.replace('+', '_')}")
-    with ActivationStore(fit_store) as store, StageBars() as progress:
-        adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model,
-                             text_model=text_model)
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"--out {out} is a file; give a folder for the erasers, predictions and report")
+    with OutputLock(out), ActivationStore(fit_store) as store, StageBars() as progress:
+        adapter = load_model(model, dtype=_model_dtype(model_dtype, device), device=device, audio_model=audio_model, text_model=text_model)
         result = erase_experiment(adapter, rows, store, concept, layers, out, positions=positions, affine=affine,
                                   controls=names, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                                   holdout=holdout, refit=refit, progress=progress)
-    paths = write_erase_report(result, out)
+        paths = write_erase_report(result, out)
     header, body = table7(result)
     table = Table(title=f"accuracy (%) with '{escape(result.concept)}' erased at layers {','.join(map(str, result.layers))}")
     for col in header:
@@ -811,22 +874,137 @@ def erase_cmd(
     console.print(escape(f"report: {paths['markdown']}  {paths['json']}  {paths['plot']}"), highlight=False, soft_wrap=True)
 
 
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error "
+                                                                 "(also accepted after the command)")):
+    """Mechanistic interpretability for speech LLMs."""
+
+
+RESUMABLE = ("trace", "run", "cascade")
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """What Ctrl-C leaves and the command that continues the work."""
+    import shlex
+
+    command = argv[0] if argv else ""
+    if command in RESUMABLE:
+        if "--overwrite" in argv:
+            return ("interrupted; the existing output is unchanged (its replacement was not finished): run the same "
+                    "command again to replace it")
+        args = [a for a in argv if a != "--resume"] + ["--resume"]
+        return f"interrupted; the finished items are kept: resume with `interp {shlex.join(args)}`"
+    if command == "erase":
+        return "interrupted; erasers already fitted in --out are reused: run the same command again to finish"
+    return "interrupted; nothing was left half-written: run the same command again"
+
+
+def log_unexpected(exc: BaseException) -> Path | None:
+    """Write the traceback of an unexpected error to a log file; its path, or None."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    from interp import __version__
+
+    text = (f"interp {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}\ncommand: interp {' '.join(sys.argv[1:])}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    folders = [os.environ.get("INTERP_LOG_DIR"), Path.home() / ".cache" / "interp" / "logs",
+               Path(tempfile.gettempdir()) / "interp-logs"]
+    for folder in filter(None, folders):
+        try:
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"interp-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _warning_printer(original):
+    """showwarning that prints interp's warnings as one line each and leaves others as they were."""
+    from rich.markup import escape
+
+    from interp.errors import InterpWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InterpWarning):
+            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main() -> None:
     import os
+    import warnings
+
+    from rich.markup import escape
+
+    from interp.errors import InterpWarning, io_error
 
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # library tqdm bars (e.g. GGUF dequantisation) would break the rich ones
-    try:
-        from transformers.utils import logging as hf_logging
+    debug = "--debug" in sys.argv[1:] or os.environ.get("INTERP_DEBUG", "") not in ("", "0")
+    sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--debug"]
+    argv = sys.argv[1:]
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        app()
-    except InterpError as e:
-        from rich.markup import escape
+    def fail(message: str, code: int) -> None:
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        sys.exit(code)
 
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InterpWarning)
+        warnings.showwarning = _warning_printer(warnings.showwarning)
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+            code = app(standalone_mode=False)
+        except InterpError as e:
+            fail(str(e), 2)
+        except (KeyboardInterrupt, typer.Abort):
+            code = 130
+        except OSError as e:
+            err = io_error(e, e.filename or Path.cwd(), resumable=bool(argv) and argv[0] in RESUMABLE)
+            if isinstance(err, InterpError):
+                fail(str(err), 2)
+            _unexpected(e, debug)
+        except Exception as e:
+            kinds = {k.__name__ for k in type(e).__mro__}
+            if "NoArgsIsHelpError" in kinds:  # plain `interp` or `interp data`: the help
+                e.show()
+                sys.exit(getattr(e, "exit_code", 2))
+            if "ClickException" in kinds:  # a usage error found by the argument parser
+                where = getattr(getattr(e, "ctx", None), "command_path", None) or "interp"
+                fail(f"{e.format_message()} (see `{where} --help`)", getattr(e, "exit_code", 2))
+            _unexpected(e, debug)
+    if code == 130:  # Typer turns Ctrl-C into exit code 130
+        console.print(f"[yellow]{escape(interrupted_message(argv))}[/]", highlight=False, soft_wrap=True)
+        sys.exit(130)
+    if code:
+        sys.exit(code)
+
+
+def _unexpected(e: BaseException, debug: bool) -> None:
+    import traceback
+
+    from rich.markup import escape
+
+    log = log_unexpected(e)
+    if debug:
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    first = (str(e).strip().splitlines() or [""])[0]
+    where = f"the traceback is in {log}" if log else "no log file could be written"
+    hint = "" if debug else "; rerun with --debug to see it"
+    console.print(f"[bold red]error:[/] {escape(f'unexpected {type(e).__name__}: {first} ({where}{hint}; please report it)')}",
+                  highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

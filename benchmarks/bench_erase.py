@@ -42,7 +42,7 @@ def make_store(path: Path, n_items: int, positions: int, d: int = 512, seed: int
     rng = np.random.default_rng(seed)
     layers = [str(i) for i in range(N_LAYERS)]
     dirs = rng.standard_normal((N_LAYERS, 4, d)).astype(np.float32)
-    writer = StoreWriter.create(path, {"config_hash": "bench", "family": "synthetic", "component": "decoder",
+    writer = StoreWriter.create(path, {"model_fingerprint": "bench", "family": "synthetic", "component": "decoder",
                                        "positions": "all", "n_model_layers": N_LAYERS}, layers, d, "float16")
     n = positions + 4
     is_audio = np.r_[np.zeros(4, bool), np.ones(positions, bool)]
@@ -145,7 +145,7 @@ def bench_forward(folder: Path, device: str, repeats: int, rank: int = 32, new_t
     waves = [(0.3 * np.sin(2 * np.pi * rng.uniform(100, 300) * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
              for _ in range(8)]
     batch = adapter.prepare(waves, ["Listen to the audio and answer."] * 8, padding_side="left")
-    d, h = adapter.d_model, adapter.config_hash()
+    d, h = adapter.d_model, adapter.fingerprint()
 
     def eraser(layers, seed):
         g = torch.Generator().manual_seed(seed)

@@ -29,7 +29,7 @@ def write_store(path: Path, items: int, layers: int, dim: int, classes: int, see
     names = ["embed"] + [str(i) for i in range(layers - 1)]
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(classes, dim)).astype(np.float32) / np.sqrt(dim)
-    writer = StoreWriter.create(path, {"config_hash": "bench", "positions": "audio-mean", "component": "decoder",
+    writer = StoreWriter.create(path, {"model_fingerprint": "bench", "positions": "audio-mean", "component": "decoder",
                                        "n_model_layers": layers - 1, "family": "synthetic"}, names, dim, "float16")
     for start in range(0, items, 100):
         records = []

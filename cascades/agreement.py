@@ -148,7 +148,8 @@ def bootstrap_kappa_ci(
     codes_a, codes_b, cats = encode_labels(a, b)
     n = len(codes_a)
     nan = float("nan")
-    if n == 0 or len(cats) == 1:
+    # one item resamples to itself every time: a "95% interval" of one point is no interval
+    if n < 2 or len(cats) == 1:
         return KappaInterval(nan, nan, confidence, n_resamples, n_resamples)
     rng = np.random.default_rng(seed)
     per_chunk = max(1, _CHUNK_ELEMENTS // n)

@@ -81,6 +81,8 @@ class Prediction:
     """Where it was read, as "file:line", for error messages."""
     decoding: str | None = None
     """The row's `decoding` settings as canonical JSON, if it records them."""
+    model_fingerprint: str | None = None
+    """The answering system's fingerprint, where the file records one (`interp run`, `interp cascade`)."""
 
     @property
     def key(self) -> ItemKey:
@@ -265,6 +267,7 @@ def _parse_row(row: dict, where: str, default_system: str) -> Prediction:
         correct=correct,
         source=where,
         decoding=None if decoding is None else json.dumps(decoding, sort_keys=True),
+        model_fingerprint=str(row["model_fingerprint"]) if row.get("model_fingerprint") else None,
     )
 
 
@@ -296,8 +299,18 @@ def group_systems(files: Sequence[tuple[str, list[Prediction]]]) -> list[SystemP
     """
     systems: dict[str, SystemPredictions] = {}
     task_of: dict[str, Prediction] = {}
+    model_of: dict[str, Prediction] = {}
     for path, rows in files:
         for p in rows:
+            if p.model_fingerprint:
+                seen_model = model_of.setdefault(p.system, p)
+                if seen_model.model_fingerprint != p.model_fingerprint:
+                    # e.g. two checkpoint folders both named `model`: one name, two models
+                    raise InterpError(
+                        f"system '{p.system}' answered with two different models ({seen_model.source}: fingerprint "
+                        f"{seen_model.model_fingerprint}; {p.source}: {p.model_fingerprint}); give each run its own "
+                        "name (interp run --system NAME)"
+                    )
             sys_ = systems.setdefault(p.system, SystemPredictions(p.system, [], {}))
             if str(path) not in sys_.files:
                 sys_.files.append(str(path))
@@ -376,6 +389,11 @@ def compare_systems(
             raise InterpError(
                 f"systems '{a.name}' ({', '.join(a.files)}) and '{b.name}' ({', '.join(b.files)}) share no items; "
                 "items are matched on (id, snr_db), so check that both files answer the same manifest"
+            )
+        if len(shared) < 2:
+            raise InterpError(
+                f"systems '{a.name}' and '{b.name}' share only one item ('{next(iter(shared))[0]}'); agreement "
+                "statistics and their intervals need at least two: answer more items"
             )
         coverage.append(
             PairCoverage(

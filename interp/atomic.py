@@ -1,15 +1,24 @@
-"""Write files whole or not at all: write to a temporary sibling, then rename."""
+"""Write files and folders whole or not at all: write to a temporary sibling, then rename.
+
+`atomic_path` and the `write_*` helpers give one file; `write_durable` does the same with
+plain os calls and fsyncs (the store writer's commits, which must survive a power cut as
+well as a kill); `staged_folder` builds a whole folder beside its destination and swaps it
+in only when the block succeeds, so `--overwrite` never leaves a half-replaced checkpoint.
+A full disk or a read-only destination becomes one InterpError line naming the path.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from interp.errors import InterpError
+from interp.errors import InterpError, io_error
 
 
 @contextlib.contextmanager
@@ -17,10 +26,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` if the block succeeds."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InterpError(f"{path} is a folder; give a file path for this output")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=parent)
     except OSError as e:
+        err = io_error(e, parent)
+        if isinstance(err, InterpError):
+            raise err from None
         raise InterpError(f"cannot write {path}: {e.strerror}; choose a writable output path") from None
     os.close(fd)
     tmp = Path(tmp)
@@ -31,6 +45,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:
+        err = io_error(e, path)
+        if isinstance(err, InterpError):
+            raise err from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -46,7 +65,165 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+    write_text(path, "".join(json_line(r) for r in rows))
+
+
+def json_line(row: dict) -> str:
+    return json.dumps(row, default=_json_default) + "\n"
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is out (a write may be short)."""
+    view = memoryview(data)
+    while len(view):
+        view = view[os.write(fd, view[: 1 << 30]):]
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: str | os.PathLike, data: bytes, resumable: bool = False,
+                  where: str | os.PathLike | None = None) -> None:
+    """Write `data` to `path` by a temporary sibling, fsync and rename: after a kill or a power
+    cut `path` holds either its old bytes or all of `data`. Only os calls touch the disk.
+    Errors name `where` (default: the folder of `path`)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        err = io_error(e, where or path.parent, resumable)
+        if isinstance(err, InterpError):
+            raise err from None
+        raise
+    fsync_dir(path.parent)
+
+
+def explain_write_failure(path: str | os.PathLike, error: Exception) -> InterpError:
+    """One line for a library that failed to write `path` without saying why (libsndfile's
+    "System error"): probe the folder with a plain write to learn the errno."""
+    path = Path(path)
+    probe = path.parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(fd, b"\0" * 65536)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        err = io_error(e, path.parent)
+        if isinstance(err, InterpError):
+            return err
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return InterpError(f"cannot write {path}: {first}")
+
+
+def owner_tag() -> str:
+    """host-pid: names temporary files and folders so a later run can tell whose they are."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def is_stale(tag: str) -> bool:
+    """Whether a temporary named with `owner_tag()` belongs to a process of this host that is gone."""
+    host, _, pid = tag.rpartition("-")
+    if host != owner_tag().rpartition("-")[0] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike, overwrite: bool = False, what: str = "--out") -> Iterator[Path]:
+    """Yield an empty folder beside `out`; when the block succeeds it becomes `out`.
+
+    An existing non-empty `out` is refused unless `overwrite`; with it, the old folder is
+    replaced only once the new one is complete (atomically where the kernel can exchange
+    two names). A failure leaves `out` as it was.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"{what} {out} is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InterpError(f"{what} {out} is not empty; choose a new folder or pass --overwrite to replace it")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for old in parent.glob(f".{out.name}.new-*"):
+            if is_stale(old.name.rsplit(".new-", 1)[1].rsplit(".", 1)[0]):
+                shutil.rmtree(old, ignore_errors=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-{owner_tag()}.", dir=parent))
+    except OSError as e:
+        err = io_error(e, parent)
+        raise (err if isinstance(err, InterpError) else InterpError(
+            f"cannot write {out}: {e.strerror}; choose a writable {what}")) from None
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~_umask())
+        if out.is_dir():
+            if not _exchange(stage, out):
+                backup = parent / f".{out.name}.old-{owner_tag()}"
+                os.rename(out, backup)
+                os.rename(stage, out)
+                stage = backup
+        else:
+            os.rename(stage, out)
+        fsync_dir(parent)
+    except OSError as e:
+        err = io_error(e, out)
+        if isinstance(err, InterpError):
+            raise err from None
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step with renameat2(RENAME_EXCHANGE) (Linux); False if unavailable."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _json_default(o):

@@ -22,14 +22,21 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, check: bool = 
     """
     import soundfile as sf
 
+    from interp.errors import path_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise InterpError(f"audio file not found: {path}; fix the 'audio' path in the manifest")
+    problem = path_problem(path, "audio file")
+    if problem:
+        raise InterpError(f"{problem}; fix the 'audio' path in the manifest")
     if path.suffix.lower() in (".mp4", ".mkv", ".avi", ".mov", ".webm"):
         raise InterpError(
             f"{path} is a video container; extract its audio first, e.g. "
             f"`ffmpeg -i {path.name} -ac 1 -ar 16000 {path.stem}.wav` (or use `interp data` loaders, which call ffmpeg when present)"
         )
+    cut = wav_truncation(path)
+    if cut is not None:
+        raise InterpError(f"{path} is a truncated WAV: its header promises {cut[0]:.2f} s of audio but the file holds "
+                          f"{cut[1]:.2f} s; re-export or re-download it")
     try:
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for unreadable files
@@ -40,6 +47,43 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, check: bool = 
     if check:
         check_waveform(wav, path)
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def wav_truncation(path: str | os.PathLike) -> tuple[float, float] | None:
+    """(seconds the header promises, seconds present) for a WAV file cut short, else None.
+
+    libsndfile reads what is there without a word, so a download or copy cut off mid-file
+    would pass as a short clip. Streaming writers that leave the size at 0 or 0xFFFFFFFF
+    (unknown) are not flagged.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = os.fstat(fh.fileno()).st_size
+            byte_rate = 0
+            while True:
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = fh.read(min(n, 16))
+                    if len(fmt) >= 12:
+                        byte_rate = struct.unpack("<I", fmt[8:12])[0]
+                    fh.seek(n - len(fmt) + (n & 1), 1)
+                elif cid == b"data":
+                    have = size - fh.tell()
+                    if n in (0, 0xFFFFFFFF) or n <= have or not byte_rate:
+                        return None
+                    return n / byte_rate, have / byte_rate
+                else:
+                    fh.seek(n + (n & 1), 1)
+    except OSError:
+        return None
 
 
 def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -61,8 +105,13 @@ def write_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = 16000
     """Write mono 16-bit PCM WAV atomically."""
     import soundfile as sf
 
+    from interp.atomic import explain_write_failure
+
     with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
+        try:
+            sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format="WAV")
+        except (RuntimeError, sf.SoundFileError) as e:  # libsndfile: "System error", no errno
+            raise explain_write_failure(path, e) from None
 
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")

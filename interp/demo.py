@@ -59,14 +59,14 @@ def run_demo(out: str | Path, progress: Progress | None = None, n_per_task: int 
 
     # 3. behaviour: the speech LLM and its matched cascade (Whisper -> its own backbone), clean and noisy
     items = clean + noisy
-    speech_preds = PredictionsFile(out / "preds_speech_llm.jsonl")
-    answer_speech(speech, items, system="qwen2-audio-tiny", batch_size=4, max_new_tokens=8,
-                  on_items_done=bar("speech LLM answers", len(items)), on_batch=speech_preds.add)
+    with PredictionsFile(out / "preds_speech_llm.jsonl", overwrite=True) as speech_preds:
+        answer_speech(speech, items, system="qwen2-audio-tiny", batch_size=4, max_new_tokens=8,
+                      on_items_done=bar("speech LLM answers", len(items)), on_batch=speech_preds.add)
     texts = transcribe(models["whisper"], items, batch_size=4, on_items_done=bar("ASR", len(items)))
-    cascade_preds = PredictionsFile(out / "preds_cascade.jsonl")
-    answer_text(TextLLM.from_speech_model(speech), items, texts, system="cascade:whisper-tiny->self",
-                batch_size=4, max_new_tokens=8, on_items_done=bar("cascade answers", len(items)),
-                on_batch=cascade_preds.add)
+    with PredictionsFile(out / "preds_cascade.jsonl", overwrite=True) as cascade_preds:
+        answer_text(TextLLM.from_speech_model(speech), items, texts, system="cascade:whisper-tiny->self",
+                    batch_size=4, max_new_tokens=8, on_items_done=bar("cascade answers", len(items)),
+                    on_batch=cascade_preds.add)
     outputs["predictions"] = [str(speech_preds.path), str(cascade_preds.path)]
     outputs["accuracy"] = accuracy_table(speech_preds.rows + cascade_preds.rows)
 

@@ -118,10 +118,10 @@ class Eraser:
     """Block index -> that layer's eraser."""
     concept: str
     """What was erased: an item field, chars, ctc, energy, pitch, or a '+' of them."""
-    config_hash: str
-    """`SpeechLM.config_hash()` of the model whose residuals were fitted."""
+    model_fingerprint: str
+    """`SpeechLM.fingerprint()` of the model whose residuals were fitted."""
     family: str
-    """Model family of that model (informative; the config hash decides)."""
+    """Model family of that model (informative; the fingerprint decides)."""
     d_model: int
     """Residual width."""
     affine: bool = False
@@ -161,10 +161,14 @@ class Eraser:
         if int(adapter.d_model) != self.d_model:
             raise InterpError(f"eraser '{self.concept}' was fitted on residuals of width {self.d_model}, but the model's "
                               f"d_model is {adapter.d_model}: it belongs to another model")
-        mine = adapter.config_hash()
-        if mine != self.config_hash:
-            raise InterpError(f"eraser '{self.concept}' was fitted for another model ({self.family}, config {self.config_hash}); "
-                              f"this is {adapter.family}, config {mine}: fit it from a store traced with this model")
+        mine = adapter.fingerprint()
+        if not self.model_fingerprint:
+            raise InterpError(f"eraser '{self.concept}' has no model fingerprint (fitted by an older interp), so its "
+                              "model cannot be checked; fit it again (interp erase --refit)")
+        if mine != self.model_fingerprint:
+            raise InterpError(f"eraser '{self.concept}' was fitted for another model ({self.family}, fingerprint "
+                              f"{self.model_fingerprint}); this is {adapter.family}, fingerprint {mine}: fit it from a "
+                              "store traced with this model")
         missing = [l for l in (layers if layers is not None else self.layers) if l not in self.layer_erasers]
         if missing:
             raise InterpError(f"eraser '{self.concept}' has no layer {missing[0]}; it was fitted at layers "
@@ -173,7 +177,7 @@ class Eraser:
     def describe(self) -> dict:
         """Metadata as plain JSON types (everything but the factors)."""
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "concept": self.concept, "method": self.method,
-                "config_hash": self.config_hash, "family": self.family, "d_model": self.d_model, "affine": self.affine,
+                "model_fingerprint": self.model_fingerprint, "family": self.family, "d_model": self.d_model, "affine": self.affine,
                 "positions": self.positions, "layers": self.layers, "ranks": {str(k): v for k, v in self.ranks.items()},
                 "meta": dict(self.meta)}
 
@@ -214,7 +218,7 @@ class Eraser:
             raise InterpError(f"{path} has eraser format {meta['format_version']}; this interp reads up to {FORMAT_VERSION}")
         layers = {int(l): LayerEraser(tensors[f"{l}.proj_left"], tensors[f"{l}.proj_right"], tensors.get(f"{l}.bias"))
                   for l in meta["layers"]}
-        eraser = cls(layers, meta["concept"], meta["config_hash"], meta["family"], int(meta["d_model"]),
+        eraser = cls(layers, meta["concept"], meta.get("model_fingerprint", ""), meta["family"], int(meta["d_model"]),
                      bool(meta["affine"]), meta["positions"], meta["method"], meta.get("meta", {}))
         if adapter is not None:
             eraser.check(adapter)
@@ -226,7 +230,7 @@ class Eraser:
         d = adapter.d_model
         empty = {int(l) % adapter.n_layers: LayerEraser(torch.zeros(d, 0, dtype=torch.float64),
                                                          torch.zeros(0, d, dtype=torch.float64)) for l in layers}
-        return cls(empty, "nothing", adapter.config_hash(), adapter.family, d, method="identity")
+        return cls(empty, "nothing", adapter.fingerprint(), adapter.family, d, method="identity")
 
 
 def random_control(eraser: Eraser, seed: int = 0) -> Eraser:
@@ -560,11 +564,11 @@ def fit_eraser(store: ActivationStore | str | Path, concept: str | Concept, laye
             out[layer] = _freeze(fitter.eraser)
             if on_layer:
                 on_layer(layer)
-        meta = {"store": str(store.path), "n_items": int(len(fit_items)), "n_rows": int(len(c.rows)),
+        meta = {"store": str(store.path), "store_id": store.identity, "n_items": int(len(fit_items)), "n_rows": int(len(c.rows)),
                 "columns": [col for col, k in zip(c.columns, keep_cols) if k], "notes": list(c.notes),
                 "model_path": store.attrs.get("model_path", ""), "svd_tol": svd_tol, "shrinkage": shrinkage,
                 "constrain_cov_trace": constrain_cov_trace}
-        return Eraser(out, c.name, str(store.attrs.get("config_hash", "")), str(store.attrs.get("family", "")), d,
+        return Eraser(out, c.name, str(store.attrs.get("model_fingerprint", "")), str(store.attrs.get("family", "")), d,
                       affine, positions, "leace", meta)
     finally:
         if own:
@@ -755,7 +759,20 @@ def _load_or_fit(path: Path, adapter, store, concept: Concept, layers, positions
                  advance) -> tuple[Eraser, bool]:
     if path.exists() and not refit:
         eraser = Eraser.load(path)
-        eraser.check(adapter, layers)
+        try:
+            eraser.check(adapter, [])
+        except InterpError as e:
+            raise InterpError(f"{e}; or pass --refit") from None
+        missing = [l for l in layers if l not in eraser.layer_erasers]
+        if missing:
+            raise InterpError(f"eraser {path} has no layer {missing[0]} (it was fitted at layers "
+                              f"{_layer_list(eraser.layers)}); pass --refit to fit it at these layers, or choose "
+                              "another --out")
+        fitted_on = eraser.meta.get("store_id")
+        if fitted_on != store.identity:
+            raise InterpError(f"{path} was fitted on another store ({eraser.meta.get('store') or 'unknown'}, id "
+                              f"{fitted_on or 'missing'}), not {store.path} (id {store.identity}); pass --refit to fit "
+                              "it on this store, or choose another --out")
         for what, have, want in (("concept", eraser.concept, concept.name), ("positions", eraser.positions, positions),
                                  ("affine", eraser.affine, affine)):
             if have != want:
@@ -802,9 +819,10 @@ def erase_experiment(adapter, rows: Sequence[dict], store: ActivationStore, conc
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     check_fit_store(store, positions)
-    if store.attrs.get("config_hash") != adapter.config_hash():
-        raise InterpError(f"store {store.path.name} was traced from another model ({store.attrs.get('family')}, config "
-                          f"{store.attrs.get('config_hash')}); this is {adapter.family}, config {adapter.config_hash()}")
+    from interp.fingerprint import check_model
+
+    check_model(store.attrs, adapter.fingerprint(), adapter.runtime_dtype, f"store {store.path.name}",
+                f"the model at {adapter.path}", "give the model the store was traced with")
     layer_ids = resolve_fit_layers(store, layers)
     target = build_concept(store, concept, positions)
     fit_items, held = split_items(store, target, holdout, seed)
@@ -870,7 +888,7 @@ def erase_experiment(adapter, rows: Sequence[dict], store: ActivationStore, conc
     if in_fit:
         notes.append(f"{in_fit} of {len(rows)} evaluation item(s) were also used to fit the erasers")
     seconds["total"] = time.perf_counter() - t0
-    model = {"path": str(adapter.path), "family": adapter.family, "config_hash": adapter.config_hash(),
+    model = {"path": str(adapter.path), "family": adapter.family, "model_fingerprint": adapter.fingerprint(),
              "d_model": adapter.d_model, "n_layers": adapter.n_layers}
     return EraseResult(model, target.name, layer_ids, positions, affine, str(store.path), conditions, info,
                        accuracy_table(all_preds), preds_paths, result_reprobe, int(len(fit_items)), int(len(held)),

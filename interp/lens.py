@@ -226,13 +226,16 @@ def lens_live(adapter: SpeechLM, rows: Sequence[dict], layers: str | Sequence = 
     from interp.trace import instruction_for, parse_layers, record, select_positions
 
     positions = positions or default_positions(adapter)
-    _check_args(positions, top_k)
+    _check_args(positions, top_k, adapter)
     if batch_size < 1:
         raise InterpError("--batch-size must be at least 1")
     names = parse_layers(layers, adapter.n_layers)
-    missing = [r["audio"] for r in rows if not Path(r["audio"]).is_file()]
-    if missing:
-        raise InterpError(f"{len(missing)} audio file(s) not found, e.g. {missing[0]}; fix the manifest's 'audio' paths")
+    from interp.errors import path_problem
+
+    problems = [p for p in (path_problem(r["audio"], "audio file") for r in rows) if p]
+    if problems:
+        raise InterpError(f"{len(problems)} item(s) have no readable audio file, e.g. {problems[0]}; "
+                          "fix the manifest's 'audio' paths")
     forms = TokenForms(adapter.tokenizer)
     items: list[LensItem] = []
     for s in range(0, len(rows), batch_size):
@@ -263,11 +266,14 @@ def lens_live(adapter: SpeechLM, rows: Sequence[dict], layers: str | Sequence = 
     return _finish(result, forms)
 
 
-def _check_args(positions: str, top_k: int) -> None:
+def _check_args(positions: str, top_k: int, adapter: SpeechLM | None = None) -> None:
     if positions not in LENS_POSITIONS:
         raise InterpError(f"unknown positions '{positions}' for the lens; use one of {', '.join(LENS_POSITIONS)}")
     if top_k < 1:
         raise InterpError("--top-k must be at least 1")
+    vocab = getattr(getattr(adapter, "unembed", None), "out_features", None) if adapter is not None else None
+    if vocab is not None and top_k > vocab:
+        raise InterpError(f"--top-k {top_k} is more than the model's vocabulary of {vocab} tokens; use at most {vocab}")
 
 
 # ---- from a store: residuals on disk -> norm + unembedding -----------------------------------
@@ -275,11 +281,10 @@ def _check_args(positions: str, top_k: int) -> None:
 
 def check_store_model(store: ActivationStore, adapter: SpeechLM) -> None:
     """Refuse a store traced from another model, from the encoder, or holding pooled states."""
-    have, want = str(store.attrs.get("config_hash", "")), adapter.config_hash()
-    if have != want:
-        raise InterpError(f"store {store.path.name} was traced from another model (config hash {have or 'missing'}, "
-                          f"from {store.attrs.get('model_path') or 'unknown'}) than {adapter.path} ({want}); "
-                          "give the model the store was traced with")
+    from interp.fingerprint import check_model
+
+    check_model(store.attrs, adapter.fingerprint(), adapter.runtime_dtype, f"store {store.path.name}",
+                f"the model at {adapter.path}", "give the model the store was traced with")
     if store.attrs.get("component", "decoder") != "decoder":
         raise InterpError(f"store {store.path.name} holds {store.attrs.get('component')} states; the logit lens reads "
                           "decoder residuals: trace with --component decoder")
@@ -296,13 +301,12 @@ def lens_store(adapter: SpeechLM, store: ActivationStore | str | Path, layers: s
     store = ActivationStore(store) if own else store
     try:
         positions = positions or default_positions(adapter)
-        _check_args(positions, top_k)
+        _check_args(positions, top_k, adapter)
         check_store_model(store, adapter)
         names = store.resolve_layers(layers)
         rows = _store_rows(store, positions, items)
         if len(rows) == 0:
-            raise InterpError(f"store {store.path.name} holds no {positions} positions "
-                              f"(traced with positions '{store.attrs.get('positions')}'); choose --positions all")
+            raise InterpError(_no_rows_advice(store, positions))
         owner = store.row_items(rows)
         pos = store.positions
         lens_items, slots = [], {}
@@ -328,6 +332,19 @@ def lens_store(adapter: SpeechLM, store: ActivationStore | str | Path, layers: s
     finally:
         if own:
             store.close()
+
+
+def _no_rows_advice(store: ActivationStore, positions: str) -> str:
+    """Why a store has no rows for `positions`, and only advice that can work."""
+    where = f"store {store.path.name}"
+    if store.n_rows == 0:
+        what = "no items" if store.n_items == 0 else f"{store.n_items} item(s) but no positions"
+        return (f"{where} holds {what} (traced with positions '{store.attrs.get('positions')}'); trace items into it "
+                "first, e.g. `interp trace ... --resume`")
+    audio = int(store.positions["is_audio"].sum())
+    have = [p for p, n in (("audio", audio), ("text", store.n_rows - audio)) if n] + ["all", "last"]
+    return (f"{where} holds no {positions} positions (traced with positions '{store.attrs.get('positions')}'); "
+            f"use --positions {' or '.join(have)}")
 
 
 def _store_rows(store: ActivationStore, positions: str, items) -> np.ndarray:

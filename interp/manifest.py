@@ -20,13 +20,19 @@ OPTIONAL = ("transcript", "task", "label", "choices", "answers", "speaker", "snr
 
 def read_manifest(path: str | os.PathLike, limit: int | None = None, require_audio: bool = True) -> list[dict]:
     """Read and validate a manifest; `audio` paths come back absolute."""
+    from interp.errors import path_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise InterpError(f"manifest not found: {path}; pass a JSON Lines file with one utterance per line")
+    if limit is not None and limit < 1:
+        raise InterpError(f"--limit must be at least 1 (got {limit}); leave it out to use every item")
+    problem = path_problem(path, "manifest")
+    if problem:
+        raise InterpError(f"{problem}; pass a JSON Lines file with one utterance per line")
     rows: list[dict] = []
     seen: dict[str, int] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark, as some editors write, is not part of the first line
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise InterpError(f"{path} is not UTF-8 text; re-save it as UTF-8 JSON Lines") from None
     for lineno, line in enumerate(lines, 1):
@@ -47,7 +53,12 @@ def read_manifest(path: str | os.PathLike, limit: int | None = None, require_aud
         seen[row["id"]] = lineno
         if row.get("audio"):
             audio = Path(row["audio"])
-            row["audio"] = str(audio if audio.is_absolute() else (path.parent / audio).resolve())
+            if not audio.is_absolute():
+                try:
+                    audio = (path.parent / audio).resolve()
+                except (OSError, RuntimeError):  # a symlink loop: left for the audio check to name
+                    audio = Path(os.path.abspath(path.parent / audio))
+            row["audio"] = str(audio)
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

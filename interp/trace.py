@@ -246,7 +246,16 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
           positions: str = "audio", dtype: str = "float16", batch_size: int = 8, resume: bool = False,
           overwrite: bool = False, prompt: str | None = None, component: str = "decoder", command: str = "",
           on_items_done: Callable[[int], None] | None = None) -> TraceSummary:
-    """Trace every manifest row through `adapter` and stream the residuals into the store `out`."""
+    """Trace every manifest row through `adapter` and stream the residuals into the store `out`.
+
+    The store is locked while it is written. `resume` continues a store traced by the same
+    model (fingerprint), settings and manifest (ids and input fingerprints, in order);
+    `overwrite` builds the new store beside an existing one and replaces it only on success.
+    """
+    from interp.errors import path_problem
+    from interp.fingerprint import input_fingerprint
+    from interp.locks import OutputLock
+
     out = Path(out)
     if positions not in POSITION_MODES:
         raise InterpError(f"unknown positions mode '{positions}'; use one of {', '.join(POSITION_MODES)}")
@@ -254,52 +263,66 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
         raise InterpError(f"unknown store dtype '{dtype}'; use float16 or float32")
     if batch_size < 1:
         raise InterpError("--batch-size must be at least 1")
+    if resume and overwrite:
+        raise InterpError("--resume and --overwrite exclude each other; pick one")
     if component == "encoder" and positions == "text":
         raise InterpError("the encoder has only audio frames; use positions all, audio, last or audio-mean")
     if component == "decoder" and not adapter.audio_in_decoder and positions in ("audio", "audio-mean"):
         raise InterpError(f"{adapter.family}'s decoder residual holds no audio positions; use --component encoder "
                           f"for its audio frames, or --positions all|text|last for the decoder")
     names = parse_layers(layers, n_component_layers(adapter, component))
-    missing = [r["audio"] for r in rows if not Path(r["audio"]).is_file()]
-    if missing:
-        raise InterpError(f"{len(missing)} audio file(s) not found, e.g. {missing[0]}; fix the manifest's 'audio' paths")
+    problems = [p for p in (path_problem(r["audio"], "audio file") for r in rows) if p]
+    if problems:
+        raise InterpError(f"{len(problems)} item(s) have no readable audio file, e.g. {problems[0]}; "
+                          "fix the manifest's 'audio' paths")
+    if out.is_dir():
+        raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
     attrs = _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component, command)
+    instructions = [instruction_for(r, prompt) for r in rows]
 
-    start = 0
-    if out.exists() and not overwrite:
-        if not resume:
-            raise InterpError(f"{out} exists; pass --resume to complete it or --overwrite to replace it")
-        writer = _check_resumable(out, attrs, rows)
-        start = writer.resume()
-        batch_size = int(attrs["batch_size"])
-    else:
-        if out.is_dir():
-            raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
-        writer = StoreWriter.create(out, attrs, names, _width(adapter, component), dtype)
-    if on_items_done:
-        on_items_done(start)
-    batch_size = adapter.batch_size(batch_size)
+    with OutputLock(out, attrs["command"]):
+        start = 0
+        staged = False
+        if out.exists() and not overwrite:
+            if not resume:
+                raise InterpError(f"{out} exists; pass --resume to complete it or --overwrite to replace it")
+            writer = _check_resumable(out, attrs, rows, instructions)
+            start = writer.resume()
+            batch_size = int(attrs["batch_size"])
+        else:
+            staged = out.exists()
+            writer = StoreWriter.create(out, attrs, names, _width(adapter, component), dtype, replace=staged)
+        if on_items_done:
+            on_items_done(start)
+        batch_size = adapter.batch_size(batch_size)
 
-    t0 = time.perf_counter()
-    thread = _Writer(writer, on_items_done)
-    thread.start()
-    truncated, non_finite = [], 0
-    try:
-        for s in range(start, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
-            waves = [load_audio(r["audio"], adapter.sampling_rate) for r in chunk]
-            batch = adapter.prepare(waves, [instruction_for(r, prompt) for r in chunk])
-            acts = record(adapter, batch, names, component)
-            enc_spans = adapter.encoder_inputs(batch)[1] if component == "encoder" else None
-            records = to_records(batch, acts, chunk, positions, dtype, component, enc_spans)
-            for r, cut in zip(chunk, batch.truncated or []):
-                if cut:
-                    truncated.append(str(r["id"]))
-            non_finite += sum(int((~np.isfinite(x)).sum()) for rec in records for x in rec.resid.values())
-            thread.put(records)
-    finally:
-        thread.close()
-    writer.finish()
+        t0 = time.perf_counter()
+        thread = _Writer(writer, on_items_done)
+        thread.start()
+        truncated, non_finite = [], 0
+        try:
+            try:
+                for s in range(start, len(rows), batch_size):
+                    chunk = rows[s:s + batch_size]
+                    waves = [load_audio(r["audio"], adapter.sampling_rate) for r in chunk]
+                    batch = adapter.prepare(waves, instructions[s:s + batch_size])
+                    acts = record(adapter, batch, names, component)
+                    enc_spans = adapter.encoder_inputs(batch)[1] if component == "encoder" else None
+                    records = to_records(batch, acts, chunk, positions, dtype, component, enc_spans)
+                    for rec, r, text in zip(records, chunk, instructions[s:s + batch_size]):
+                        rec.input_fingerprint = input_fingerprint(r["audio"], text)
+                    for r, cut in zip(chunk, batch.truncated or []):
+                        if cut:
+                            truncated.append(str(r["id"]))
+                    non_finite += sum(int((~np.isfinite(x)).sum()) for rec in records for x in rec.resid.values())
+                    thread.put(records)
+            finally:
+                thread.close()
+            writer.finish()
+        except BaseException:
+            if staged:
+                writer.abandon()  # the old store stays as it was
+            raise
     with ActivationStore(out) as store:
         n_items, n_rows = store.n_items, store.n_rows
     return TraceSummary(out, n_items, len(rows) - start, n_rows, names, time.perf_counter() - t0, truncated, non_finite)
@@ -326,35 +349,44 @@ def _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component
 
     return {
         "model_path": str(Path(adapter.path).resolve()), "model_class": type(adapter.model).__name__,
-        "family": adapter.family, "config_hash": adapter.config_hash(), "component": component,
-        "positions": positions, "prompt": prompt or "", "batch_size": int(batch_size),
+        "family": adapter.family, "model_fingerprint": adapter.fingerprint(), "model_dtype": adapter.runtime_dtype,
+        "component": component, "positions": positions, "prompt": prompt or "", "batch_size": int(batch_size),
         "n_model_layers": int(n_component_layers(adapter, component)),
         "library_versions": {"interp": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                              "nnsight": nnsight.__version__, "h5py": h5py.__version__, "python": platform.python_version()},
-        "command": command or " ".join(sys.argv),
+        "command": command or " ".join(["interp"] + sys.argv[1:]),
         "layers_spec": names, "store_dtype": dtype,
     }
 
 
-def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict]) -> StoreWriter:
-    import h5py
+def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict], instructions: Sequence[str]) -> StoreWriter:
+    """The writer of `out` if this run may continue it; else one line saying what differs."""
+    import json
 
-    try:
-        with h5py.File(out, "r") as f:
-            have = dict(f.attrs)
-    except OSError as e:
-        raise InterpError(f"cannot open {out} to resume ({str(e).splitlines()[0]}); use --overwrite to start again") from None
-    if have.get("format") != "interp-activations":
-        raise InterpError(f"{out} is not an interp store; choose another --out or pass --overwrite")
-    for key in ("config_hash", "component", "positions", "store_dtype", "prompt"):
+    from interp.fingerprint import check_model, input_fingerprint
+
+    writer = StoreWriter(out)
+    have = writer.attrs
+    check_model(have, attrs["model_fingerprint"], attrs["model_dtype"], f"store {out}",
+                f"the model at {attrs['model_path']}", "give the model it was traced with, or pass --overwrite")
+    for key in ("component", "positions", "store_dtype", "prompt"):
         if str(have.get(key)) != str(attrs[key]):
             raise InterpError(f"cannot resume {out}: its {key} is '{have.get(key)}' but this run's is '{attrs[key]}'; "
                               f"use the same settings or --overwrite")
-    if have.get("layers") != __import__("json").dumps(list(attrs["layers_spec"])):
+    if have.get("layers") != json.dumps(list(attrs["layers_spec"])):
         raise InterpError(f"cannot resume {out}: it holds layers {have.get('layers')}; use the same --layers or --overwrite")
     attrs["batch_size"] = int(have["batch_size"])
-    writer = StoreWriter(out)
     done = writer.ids()
-    if [str(r["id"]) for r in rows[:len(done)]] != done:
-        raise InterpError(f"cannot resume {out}: it was traced from a different manifest (ids differ); use --overwrite")
+    if len(done) > len(rows):
+        raise InterpError(f"cannot resume {out}: it holds {len(done)} items but the manifest has {len(rows)}; "
+                          "give the manifest it was traced from (without a smaller --limit), or --overwrite")
+    stored = writer.columns["input_fingerprint"]
+    for i, (item_id, row) in enumerate(zip(done, rows)):
+        if str(row["id"]) != item_id:
+            raise InterpError(f"cannot resume {out}: item {i + 1} of the store is '{item_id}' but of the manifest "
+                              f"'{row['id']}'; give the manifest it was traced from, or --overwrite")
+        if stored[i] != input_fingerprint(row["audio"], instructions[i]):
+            raise InterpError(f"cannot resume {out}: item '{item_id}' (number {i + 1}) differs from the one traced "
+                              "(its audio file or instruction changed); give the manifest it was traced from, "
+                              "or --overwrite")
     return writer

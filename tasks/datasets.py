@@ -58,8 +58,11 @@ def load_dataset(task: str, path: str | Path, audio_dir: str | Path | None = Non
     """
     name = get_task(task).name
     path = Path(path)
-    if not path.is_file():
-        raise InterpError(f"{name} file not found: {path}; pass the dataset file in its released format (e.g. {SAMPLE_FILES[name]})")
+    from interp.errors import path_problem
+
+    problem = path_problem(path, f"{name} file")
+    if problem:
+        raise InterpError(f"{problem}; pass the dataset file in its released format (e.g. {SAMPLE_FILES[name]})")
     if limit is not None and limit < 1:
         raise InterpError(f"--limit must be a positive number of items, got {limit}")
     if missing_audio not in ("error", "keep"):
@@ -326,6 +329,12 @@ def _csv_rows(path: Path, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL
             if fields and any(f.strip() for f in fields):
                 yield reader.line_num, fields
     except csv.Error as e:
+        if "field larger than field limit" in str(e):
+            limit = csv.field_size_limit()
+            fix = ("shorten or remove that item" if quoting == csv.QUOTE_NONE else
+                   "an unclosed quote may run on into later lines: check the quoting, or shorten that item")
+            raise InterpError(f"{path}:{reader.line_num}: a field is longer than {limit:,} characters, the limit of "
+                              f"Python's csv reader (no task item is that long); {fix}") from None
         raise InterpError(f"{path}:{reader.line_num}: malformed CSV ({e}); check the quoting on that line") from None
 
 

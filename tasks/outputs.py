@@ -22,12 +22,21 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InterpError(f"--out {out_dir} is a file; pass a folder")
+    from interp.atomic import is_stale, owner_tag
+
     created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+        for old in out_dir.glob(".staging-*"):  # left by a run that was killed
+            if old.is_dir() and is_stale(old.name[len(".staging-"):].rsplit(".", 1)[0]):
+                shutil.rmtree(old, ignore_errors=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".staging-{owner_tag()}.", dir=out_dir))
     except OSError as e:
-        raise InterpError(f"cannot write to {out_dir}: {e.strerror}; choose a writable --out folder") from None
+        from interp.errors import io_error
+
+        err = io_error(e, out_dir)
+        raise (err if isinstance(err, InterpError) else InterpError(
+            f"cannot write to {out_dir}: {e.strerror}; choose a writable --out folder")) from None
     ok = False
     try:
         yield stage

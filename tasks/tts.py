@@ -220,7 +220,12 @@ _COPIES: dict[Path, Path] = {}
 def _private_copy(source: Path) -> Path:
     """A process-private copy of the library, so unloading it never touches another user's copy."""
     if source not in _COPIES:
-        folder = Path(tempfile.mkdtemp(prefix="interp-espeak-"))
+        from interp.atomic import is_stale, owner_tag
+
+        for old in Path(tempfile.gettempdir()).glob("interp-espeak-*"):  # copies of killed processes
+            if is_stale(old.name[len("interp-espeak-"):].rsplit(".", 1)[0]):
+                shutil.rmtree(old, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"interp-espeak-{owner_tag()}."))
         atexit.register(shutil.rmtree, folder, True)
         target = folder / source.name
         shutil.copy2(source, target)

@@ -18,12 +18,12 @@ from interp.store import ActivationStore, ItemRecord, StoreWriter
 
 
 def synthetic_store(path, n_items=300, d=48, layers=("0", "1"), n_classes=3, probs=(0.6, 0.25, 0.15), strength=1.5,
-                    seed=0, audio=True, config_hash="synthetic", dtype="float32") -> Path:
+                    seed=0, audio=True, model_fingerprint="synthetic", dtype="float32") -> Path:
     """A store whose audio rows carry a planted class direction on top of correlated noise."""
     rng = np.random.default_rng(seed)
     dirs = rng.standard_normal((len(layers), n_classes, d))
     mix = rng.standard_normal((len(layers), d, d)) / np.sqrt(d)
-    writer = StoreWriter.create(path, {"config_hash": config_hash, "family": "synthetic", "component": "decoder",
+    writer = StoreWriter.create(path, {"model_fingerprint": model_fingerprint, "family": "synthetic", "component": "decoder",
                                        "positions": "all", "n_model_layers": len(layers)}, list(layers), d, dtype)
     labels = rng.choice(n_classes, size=n_items, p=probs)
     records = []
@@ -128,7 +128,7 @@ def test_leace_on_a_real_store(real):
         fit = np.flatnonzero(np.isin(np.arange(60) % 5, (0, 1)))
         held = np.setdiff1d(np.arange(60), fit)
         eraser = fit_eraser(store, "label", "0,3", items=fit)
-        assert eraser.config_hash == real["adapter"].config_hash() and eraser.d_model == real["adapter"].d_model
+        assert eraser.model_fingerprint == real["adapter"].fingerprint() and eraser.d_model == real["adapter"].d_model
         concept = build_concept(store, "label").restrict(store, held)
         result = reprobe(store, concept, {"erased": eraser, "random": random_control(eraser)}, [0, 3], folds=3)
     for layer in result.layers:
@@ -163,7 +163,7 @@ def test_save_load_round_trip_and_refusals(real, tmp_path):
     x = torch.randn(5, adapter.d_model)
     assert torch.equal(back(x, 1), eraser(x, 1))
     with pytest.raises(InterpError, match="another model"):
-        Eraser.load(replace(eraser, config_hash="0" * 16).save(tmp_path / "other.safetensors"), adapter=adapter)
+        Eraser.load(replace(eraser, model_fingerprint="0" * 16).save(tmp_path / "other.safetensors"), adapter=adapter)
     wide = {l: LayerEraser(torch.zeros(96, 1, dtype=torch.float64), torch.zeros(1, 96, dtype=torch.float64)) for l in (1, 2)}
     with pytest.raises(InterpError, match="width 96"):
         Eraser.load(replace(eraser, layer_erasers=wide, d_model=96).save(tmp_path / "wide.safetensors"), adapter=adapter)
@@ -266,26 +266,45 @@ def test_erase_cli_bad_input(real, run_cli, tmp_path):
     adapter = real["adapter"]
     with ActivationStore(real["store"]) as store:
         eraser = fit_eraser(store, "label", "0,1")
-    for name, bad in {"model": replace(eraser, config_hash="f" * 16),
+    for name, bad in {"model": replace(eraser, model_fingerprint="f" * 16),
                       "width": Eraser({l: LayerEraser(torch.zeros(32, 1, dtype=torch.float64),
                                                       torch.zeros(1, 32, dtype=torch.float64)) for l in (0, 1)},
-                                      "label", adapter.config_hash(), adapter.family, 32)}.items():
+                                      "label", adapter.fingerprint(), adapter.family, 32)}.items():
         bad.save(tmp_path / name / "erasers" / "label.safetensors")
     eraser.save(tmp_path / "layer" / "erasers" / "label.safetensors")
     _one_line_error(*run_cli(*_args(real, tmp_path / "model"))[::2], "another model")
     _one_line_error(*run_cli(*_args(real, tmp_path / "width"))[::2], "width 32")
-    _one_line_error(*run_cli(*_args(real, tmp_path / "layer", layers="0,2"))[::2], "has no layer 2")
+    _one_line_error(*run_cli(*_args(real, tmp_path / "layer", layers="0,2"))[::2], "has no layer 2", "--refit")
     _one_line_error(*run_cli(*_args(real, tmp_path / "x", layers="0,9"))[::2], "out of range")
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", real["store"],
                            "--concept", "task", "--layers", "0", "--out", tmp_path / "y")
     _one_line_error(code, err, "one class")
     no_audio = synthetic_store(tmp_path / "text.h5", n_items=4, d=adapter.d_model, audio=False,
-                               config_hash=adapter.config_hash(), layers=("0", "1", "2", "3"))
+                               model_fingerprint=adapter.fingerprint(), layers=("0", "1", "2", "3"))
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", no_audio,
                            "--concept", "label", "--layers", "0", "--positions", "audio", "--out", tmp_path / "z")
     _one_line_error(code, err, "store has no audio spans")
     other = synthetic_store(tmp_path / "other.h5", n_items=4, d=adapter.d_model, layers=("0", "1", "2", "3"))
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", other,
                            "--concept", "label", "--layers", "0", "--out", tmp_path / "w")
-    _one_line_error(code, err, "traced from another model")
+    _one_line_error(code, err, "made by another model")
     assert not any((tmp_path / d).exists() for d in "xyzw")
+
+
+def test_erasers_found_in_out_must_come_from_the_fit_store(real, run_cli, tmp_path):
+    from interp.manifest import read_manifest
+    from interp.trace import trace
+
+    out = tmp_path / "out"
+    quick = ("--limit", "2", "--max-new-tokens", "2", "--controls", "")
+    assert run_cli(*_args(real, out, *quick))[0] == 0
+    other = tmp_path / "other.h5"  # the same model over fewer items: another store
+    trace(real["adapter"], read_manifest(real["manifest"])[:40], other, layers="all", positions="all", dtype="float32",
+          batch_size=20)
+    args = list(_args(real, out, *quick))
+    args[args.index("--fit-store") + 1] = other
+    _one_line_error(*run_cli(*args)[::2], "fitted on another store", str(real["store"]), "--refit")
+    code, _, err = run_cli(*args, "--refit")
+    assert code == 0, err
+    assert json.loads((out / "erase.json").read_text())["store"] == str(other)
+

@@ -35,7 +35,7 @@ def _subspace_eraser(adapter, layers, rank=3, seed=0) -> Eraser:
     """An orthogonal eraser (no bias) of a random rank-`rank` subspace: erased rows have Q^T x = 0."""
     g = torch.Generator().manual_seed(seed)
     q = torch.linalg.qr(torch.randn(adapter.d_model, rank, generator=g, dtype=torch.float64)).Q
-    return Eraser({l: LayerEraser(q, q.T.clone()) for l in layers}, "planted", adapter.config_hash(), adapter.family,
+    return Eraser({l: LayerEraser(q, q.T.clone()) for l in layers}, "planted", adapter.fingerprint(), adapter.family,
                   adapter.d_model)
 
 
@@ -188,9 +188,9 @@ def test_checks_refuse_bad_layers_widths_and_models(padded):
     with pytest.raises(InterpError, match="has no layer 2"):
         run(adapter, batch, [Erase(eraser, layers=[2])])
     with pytest.raises(InterpError, match="another model"):
-        run(adapter, batch, [Erase(replace(eraser, config_hash="0123456789abcdef"))])
+        run(adapter, batch, [Erase(replace(eraser, model_fingerprint="0123456789abcdef"))])
     narrow = Eraser({1: LayerEraser(torch.zeros(8, 1, dtype=torch.float64), torch.zeros(1, 8, dtype=torch.float64))},
-                    "planted", adapter.config_hash(), adapter.family, 8)
+                    "planted", adapter.fingerprint(), adapter.family, 8)
     with pytest.raises(InterpError, match="width 8"):
         run(adapter, batch, [Erase(narrow)])
 

@@ -173,11 +173,11 @@ def test_store_lens_matches_live_lens(qwen, rows, live, tmp_path):
 
 def test_store_from_another_model_is_refused(qwen, tmp_path):
     items = [{"id": "x", "row": {"id": "x"}, "resid": {"0": np.zeros((3, qwen.d_model))}}]
-    path = make_store(tmp_path / "other.h5", items, ["0"], qwen.d_model, {"config_hash": "0123456789abcdef"})
-    with pytest.raises(InterpError, match="traced from another model"):
+    path = make_store(tmp_path / "other.h5", items, ["0"], qwen.d_model, {"model_fingerprint": "0123456789abcdef"})
+    with pytest.raises(InterpError, match="made by another model"):
         lens_store(qwen, path)
     pooled = make_store(tmp_path / "pooled.h5", items, ["0"], qwen.d_model,
-                        {"config_hash": qwen.config_hash(), "positions": "audio-mean"})
+                        {"model_fingerprint": qwen.fingerprint(), "positions": "audio-mean"})
     with pytest.raises(InterpError, match="pooled states"):
         lens_store(qwen, pooled)
 
@@ -255,11 +255,11 @@ def test_cli_lens_bad_input_one_line(qwen, tmp_path, monkeypatch, capsys, case):
     d = qwen.d_model
     items = [{"id": "x", "row": {"id": "x", "transcript": "a"}, "resid": {"0": np.zeros((3, d)), "1": np.zeros((3, d))}}]
     if case == "other_model":
-        store = make_store(tmp_path / "s.h5", items, ["0", "1"], d, {"config_hash": "feedfacefeedface"})
-        args, expected = [], "was traced from another model"
+        store = make_store(tmp_path / "s.h5", items, ["0", "1"], d, {"model_fingerprint": "feedfacefeedface"})
+        args, expected = [], "was made by another model"
     else:
         store = make_store(tmp_path / "s.h5", items, ["0", "1"], d,
-                           {"config_hash": qwen.config_hash(), "n_model_layers": qwen.n_layers})
+                           {"model_fingerprint": qwen.fingerprint(), "n_model_layers": qwen.n_layers})
         args, expected = ["--layers", "0,3"], "layer(s) 3 not in the store"
     code, out, err = _cli(monkeypatch, capsys, "lens", qwen.path, "--store", store, "--device", "cpu",
                           "--out", tmp_path / "l.jsonl", *args)

@@ -23,7 +23,7 @@ FAST = ProbeConfig(folds=4, Cs=(1e-3, 1e-1, 10.0))
 
 def make_store(path: Path, items: list[dict], layers: list[str], d: int, attrs: dict | None = None) -> Path:
     """A store from dicts with id, row, resid {layer: (T, d)}, optional is_audio/time_start/time_end."""
-    base = {"config_hash": "synthetic", "positions": "audio", "component": "decoder",
+    base = {"model_fingerprint": "synthetic", "positions": "audio", "component": "decoder",
             "n_model_layers": sum(x != "embed" for x in layers)}
     writer = StoreWriter.create(path, {**base, **(attrs or {})}, layers, d, "float32")
     records = []

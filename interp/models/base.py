@@ -195,13 +195,21 @@ class SpeechLM:
             obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
         return obj
 
-    def config_hash(self) -> str:
-        import hashlib
+    def fingerprint(self) -> str:
+        """The checkpoint's identity: its config without runtime keys (dtype, attention
+        implementation) plus a sampled hash of its identifying weights as stored on disk
+        (`interp.fingerprint`). The same folder run in another dtype has the same fingerprint;
+        the dtype is recorded apart (`runtime_dtype`)."""
+        if getattr(self, "_fingerprint", None) is None:
+            from interp.fingerprint import model_fingerprint
 
-        cfg = self.model.config.to_dict()
-        cfg.pop("_name_or_path", None)
-        cfg.pop("transformers_version", None)
-        return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            self._fingerprint = model_fingerprint(self.path, self.model)
+        return self._fingerprint
+
+    @property
+    def runtime_dtype(self) -> str:
+        """The dtype the model runs in, as a name ('bfloat16', 'float32', ...)."""
+        return str(self.dtype).replace("torch.", "")
 
     def text_only(self):
         """Context in which the decoder runs as the text LLM it is matched with (a cascade's
