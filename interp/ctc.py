@@ -228,10 +228,13 @@ class CTCHeadConfig:
     """Optimisation of the heads (`ProbeConfig` fills it from its `ctc_*` fields)."""
 
     epochs: int = 60  #: most passes over each head's training items
-    lr: float = 5e-3  #: Adam learning rate
+    lr: float = 5e-3  #: Adam learning rate without a validation split (fixed epochs, as the reference)
+    start_lr: float = 1e-2  #: Adam learning rate with a validation split, divided by `lr_drop` at every plateau
+    lr_drop: float = 4.0  #: factor of each drop
+    patience: int = 2  #: drops after which a head that fails to improve again stops
+    min_improvement: float = 0.005  #: relative fall of the validation loss below which an epoch counts as a plateau
     weight_decay: float = 1e-4  #: L2 on the head (Adam's coupled weight decay)
     batch_items: int = 16  #: items per optimisation step
-    patience: int = 3  #: epochs without a lower validation loss before a head stops
     val_fraction: float = 0.1  #: share of each head's training items held out to stop on (0: none, fixed epochs)
     seed: int = 0
     device: str = "cpu"
@@ -323,9 +326,11 @@ def fit_ctc_heads(X: np.ndarray | torch.Tensor, bounds: np.ndarray, targets: Seq
 
     weight = [torch.zeros(C, d, device=dev, requires_grad=True) for _ in range(H)]
     bias = [torch.zeros(C, device=dev, requires_grad=True) for _ in range(H)]
-    opts = [torch.optim.Adam([weight[h], bias[h]], lr=config.lr, weight_decay=config.weight_decay) for h in range(H)]
+    lr = np.where(use_val, config.start_lr, config.lr)
+    adam = lambda h: torch.optim.Adam([weight[h], bias[h]], lr=float(lr[h]), weight_decay=config.weight_decay)  # noqa: E731
+    opts = [adam(h) for h in range(H)]
     best = [(weight[h].detach().clone(), bias[h].detach().clone()) for h in range(H)]
-    best_loss, best_cer, best_epoch, stale = np.full(H, np.inf), np.full(H, np.nan), [0] * H, np.zeros(H, dtype=int)
+    best_loss, best_cer, best_epoch, drops = np.full(H, np.inf), np.full(H, np.nan), [0] * H, np.zeros(H, dtype=int)
     alive = np.ones(H, dtype=bool)
 
     for epoch in range(1, config.epochs + 1):
@@ -361,13 +366,23 @@ def fit_ctc_heads(X: np.ndarray | torch.Tensor, bounds: np.ndarray, targets: Seq
             best_epoch[h] = epoch
         scored = _validate(X, bounds, lengths, weight, bias, mean, scale, val_items, targets, alive & use_val, C)
         for h, (loss, c) in scored.items():
+            plateau = not loss < best_loss[h] * (1 - config.min_improvement)
             if loss < best_loss[h]:
-                best_loss[h], best_cer[h], best_epoch[h], stale[h] = loss, c, epoch, 0
+                best_loss[h], best_cer[h], best_epoch[h] = loss, c, epoch
                 best[h] = (weight[h].detach().clone(), bias[h].detach().clone())
+            if not plateau:
+                continue
+            if drops[h] >= config.patience:
+                alive[h] = False
             else:
-                stale[h] += 1
-                if stale[h] >= config.patience:
-                    alive[h] = False
+                # A plateau: go back to the best weights and continue with a smaller step (a
+                # large step learns weak signals fast but leaves noise a small one averages out).
+                drops[h] += 1
+                lr[h] /= config.lr_drop
+                with torch.no_grad():
+                    weight[h].copy_(best[h][0])
+                    bias[h].copy_(best[h][1])
+                opts[h] = adam(h)
         if on_epoch:
             on_epoch(epoch, scored, CTCHeads(torch.stack(weight).detach(), torch.stack(bias).detach(), mean, scale))
         if not alive.any():

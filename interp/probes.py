@@ -16,8 +16,9 @@ every number on a curve is comparable to its neighbours. Each fold fits three th
 Targets (`build_target`): any item field (pooled per item, or broadcast to positions);
 `energy` and `pitch` computed from each item's waveform over exactly the seconds a stored
 position covers; `ctc`, a linear CTC head trained to emit the transcript's characters from
-the audio positions (text decodability = max(0, 1 - CER)); `chars`, ridge from the pooled
-audio span to the transcript's character counts.
+the audio positions (text decodability = max(0, 1 - CER); a layer's probe and control heads
+of every fold are trained together by `interp.ctc.fit_ctc_heads`); `chars`, ridge from the
+pooled audio span to the transcript's character counts.
 
 Memory: a sweep holds the target and one layer of the selected rows at a time, read from the
 store with `ActivationStore.pooled`/`read`. When features outnumber training rows (pooled
@@ -58,10 +59,11 @@ class ProbeConfig:
     max_iter: int = 300  #: lbfgs iterations per logistic fit
     max_positions: int | None = None  #: per item, for position-level targets (evenly spaced); None keeps all
     ctc_epochs: int = 60  #: most passes over the training items for a CTC head (early stopping usually ends sooner)
-    ctc_lr: float = 5e-3  #: Adam learning rate of the CTC head
+    ctc_lr: float = 5e-3  #: Adam learning rate of a CTC head trained for fixed epochs (reference, or no validation split)
+    ctc_start_lr: float = 1e-2  #: starting Adam learning rate of a CTC head with a validation split (divided by 4 at plateaus)
+    ctc_patience: int = 2  #: learning-rate drops after which a CTC head that fails to improve stops
     ctc_weight_decay: float = 1e-4  #: L2 on the CTC head (Adam weight decay)
     ctc_batch_items: int = 16  #: items per CTC optimisation step
-    ctc_patience: int = 3  #: epochs without a lower validation CER before a CTC head stops
     ctc_val_fraction: float = 0.1  #: share of a fold's training items a CTC head stops on (0: fixed ctc_epochs)
     ctc_method: str = "batched"  #: batched (all folds' heads at once, early stopping) | reference (one head at a time, fixed epochs; slow)
     pitch_fmin: float = 65.0  #: lowest F0 searched by pYIN (Hz)
@@ -719,8 +721,10 @@ def _score_ctc_layer(target: Target, X: np.ndarray, bounds: np.ndarray, folds, y
         x = torch.as_tensor(X, dtype=torch.float32).to(config.device)
         train = [tr for tr, _ in folds for _ in (0, 1)]
         targets = [y for _ in folds for y in (target.y, y_ctrl)]
-        head_config = CTCHeadConfig(config.ctc_epochs, config.ctc_lr, config.ctc_weight_decay, config.ctc_batch_items,
-                                    config.ctc_patience, config.ctc_val_fraction, config.seed, config.device)
+        head_config = CTCHeadConfig(epochs=config.ctc_epochs, lr=config.ctc_lr, start_lr=config.ctc_start_lr,
+                                    patience=config.ctc_patience, weight_decay=config.ctc_weight_decay,
+                                    batch_items=config.ctc_batch_items, val_fraction=config.ctc_val_fraction,
+                                    seed=config.seed, device=config.device)
         heads = fit_ctc_heads(x, bounds, targets, train, len(target.classes), head_config)
         out = []
         for k, (train_k, test) in enumerate(folds):
