@@ -180,6 +180,14 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: torc
     if log_probs.device.type != "cpu":
         return torch.nn.functional.ctc_loss(log_probs, targets.to(log_probs.device), input_lengths, target_lengths,
                                             reduction="none")
+    # the compiled kernel does not check bounds: refuse what it would read past
+    T, B, C = log_probs.shape
+    if not (targets.dim() == 2 and len(targets) == B == len(input_lengths) == len(target_lengths)):
+        raise ValueError("ctc_loss: targets (B, L) and lengths (B,) must match log_probs (T, B, C)")
+    if B and not (int(input_lengths.max()) <= T and int(target_lengths.max()) <= targets.shape[1]
+                  and int(target_lengths.min()) >= 1 and int(input_lengths.min()) >= 1
+                  and int(targets.min()) >= 0 and int(targets.max()) < C):
+        raise ValueError("ctc_loss: lengths must be in 1..T and 1..L, and targets in 0..C-1")
     nll = _CTC.apply(log_probs, targets.cpu().contiguous(), input_lengths, target_lengths)
     bad = ~torch.isfinite(nll)
     if bad.any():  # rescaling underflowed (a path > 700 nats below the best): redo those in log space
