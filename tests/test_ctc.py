@@ -130,3 +130,14 @@ def test_unknown_ctc_method_is_refused(tmp_path):
     path = planted_ctc_store(tmp_path / "ctc.h5", n=10)
     with pytest.raises(InterpError, match="unknown CTC method"):
         probe(path, "ctc", config=ProbeConfig(folds=2, ctc_method="fast"))
+
+
+def test_ctc_loss_refuses_what_the_compiled_kernel_would_read_past():
+    logits, targets, frames, lengths = _batch()
+    lp = logits.log_softmax(-1)
+    bad_symbol = targets.clone()
+    bad_symbol[0, 0] = lp.shape[-1]
+    with pytest.raises(ValueError, match="targets in"):
+        ctc_loss(lp, bad_symbol, frames, lengths)
+    with pytest.raises(ValueError, match="lengths must be"):
+        ctc_loss(lp, targets, frames + lp.shape[0], lengths)
