@@ -16,8 +16,9 @@ every number on a curve is comparable to its neighbours. Each fold fits three th
 Targets (`build_target`): any item field (pooled per item, or broadcast to positions);
 `energy` and `pitch` computed from each item's waveform over exactly the seconds a stored
 position covers; `ctc`, a linear CTC head trained to emit the transcript's characters from
-the audio positions (text decodability = max(0, 1 - CER)); `chars`, ridge from the pooled
-audio span to the transcript's character counts.
+the audio positions (text decodability = max(0, 1 - CER); a layer's probe and control heads
+of every fold are trained together by `interp.ctc.fit_ctc_heads`); `chars`, ridge from the
+pooled audio span to the transcript's character counts.
 
 Memory: a sweep holds the target and one layer of the selected rows at a time, read from the
 store with `ActivationStore.pooled`/`read`. When features outnumber training rows (pooled
@@ -57,10 +58,14 @@ class ProbeConfig:
     alphas: tuple[float, ...] = (1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5)  #: ridge alpha grid
     max_iter: int = 300  #: lbfgs iterations per logistic fit
     max_positions: int | None = None  #: per item, for position-level targets (evenly spaced); None keeps all
-    ctc_epochs: int = 60  #: passes over the training items for the CTC head
-    ctc_lr: float = 5e-3  #: Adam learning rate of the CTC head
+    ctc_epochs: int = 60  #: most passes over the training items for a CTC head (early stopping usually ends sooner)
+    ctc_lr: float = 5e-3  #: Adam learning rate of a CTC head trained for fixed epochs (reference, or no validation split)
+    ctc_start_lr: float = 1e-2  #: starting Adam learning rate of a CTC head with a validation split (divided by 4 at plateaus)
+    ctc_patience: int = 2  #: learning-rate drops after which a CTC head that fails to improve stops
     ctc_weight_decay: float = 1e-4  #: L2 on the CTC head (Adam weight decay)
     ctc_batch_items: int = 16  #: items per CTC optimisation step
+    ctc_val_fraction: float = 0.1  #: share of a fold's training items a CTC head stops on (0: fixed ctc_epochs)
+    ctc_method: str = "batched"  #: batched (all folds' heads at once, early stopping) | reference (one head at a time, fixed epochs; slow)
     pitch_fmin: float = 65.0  #: lowest F0 searched by pYIN (Hz)
     pitch_fmax: float = 500.0  #: highest F0 searched by pYIN (Hz)
     device: str = "cpu"  #: torch device of the CTC head
@@ -679,61 +684,16 @@ def layer_features(store: ActivationStore, target: Target, layer: str) -> np.nda
 # ---- CTC text decodability ---------------------------------------------------------------
 
 
-def _ctc_decode(logits, lengths) -> list[np.ndarray]:
-    best = logits.argmax(-1).cpu().numpy()  # (T, B)
-    out = []
-    for b, n in enumerate(lengths):
-        path = best[:n, b]
-        keep = np.concatenate([[True], path[1:] != path[:-1]]) & (path != 0)
-        out.append(path[keep])
-    return out
-
-
-def _cer(refs: Sequence[np.ndarray], hyps: Sequence[np.ndarray], chars: list[str]) -> float:
-    import jiwer
-
-    text = lambda s: "".join(chars[k - 1] for k in s)  # noqa: E731
-    return float(jiwer.cer([text(r) for r in refs], [text(h) for h in hyps]))
-
-
 def fit_ctc_head(seqs: Sequence[np.ndarray], targets: Sequence[np.ndarray], n_symbols: int,
                  config: ProbeConfig = ProbeConfig(), seed: int = 0):
-    """Train a linear CTC head (blank = 0) on standardised states; returns a callable that
-    decodes a list of (T_i, d) arrays into symbol sequences (greedy, repeats collapsed, blanks dropped)."""
-    import torch
+    """Train one linear CTC head (blank = 0) on standardised states for `config.ctc_epochs`
+    epochs, no validation split; returns a callable that decodes a list of (T_i, d) arrays into
+    symbol sequences. The reference implementation (`interp.ctc.fit_ctc_head`); sweeps use the
+    batched `interp.ctc.fit_ctc_heads`."""
+    from interp.ctc import fit_ctc_head as reference
 
-    device = torch.device(config.device)
-    rows = np.concatenate(seqs)
-    mu = torch.as_tensor(rows.mean(0, dtype=np.float64), dtype=torch.float32, device=device)
-    sd = torch.as_tensor(rows.std(0, dtype=np.float64), dtype=torch.float32, device=device).clamp_min(1e-6)
-    xs = [(torch.as_tensor(s, dtype=torch.float32, device=device) - mu) / sd for s in seqs]
-    ys = [torch.as_tensor(t, dtype=torch.long) for t in targets]
-    gen = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(rows.shape[1], n_symbols + 1).to(device)
-    torch.nn.init.zeros_(head.weight)
-    opt = torch.optim.Adam(head.parameters(), lr=config.ctc_lr, weight_decay=config.ctc_weight_decay)
-    loss_fn = torch.nn.CTCLoss(blank=0, zero_infinity=True)
-    pad = torch.nn.utils.rnn.pad_sequence
-    n = len(xs)
-    with torch.enable_grad():
-        for _ in range(config.ctc_epochs):
-            order = torch.randperm(n, generator=gen).tolist()
-            for s in range(0, n, config.ctc_batch_items):
-                b = order[s:s + config.ctc_batch_items]
-                x = pad([xs[i] for i in b])  # (T, B, d)
-                logp = head(x).log_softmax(-1)
-                loss = loss_fn(logp, torch.cat([ys[i] for i in b]).to(device),
-                               torch.tensor([len(xs[i]) for i in b]), torch.tensor([len(ys[i]) for i in b]))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-    def decode(states: Sequence[np.ndarray]) -> list[np.ndarray]:
-        with torch.no_grad():
-            x = pad([(torch.as_tensor(s, dtype=torch.float32, device=device) - mu) / sd for s in states])
-            return _ctc_decode(head(x), [len(s) for s in states])
-
-    return decode
+    return reference(seqs, targets, n_symbols, config.ctc_epochs, config.ctc_lr, config.ctc_weight_decay,
+                     config.ctc_batch_items, seed, config.device)
 
 
 def _medoid(seqs: Sequence[np.ndarray], rng: np.random.Generator, limit: int = 200) -> np.ndarray:
@@ -747,30 +707,60 @@ def _medoid(seqs: Sequence[np.ndarray], rng: np.random.Generator, limit: int = 2
     return seqs[pick[int(np.argmin(d.sum(1)))]]
 
 
-def _score_ctc_fold(target: Target, X: np.ndarray, bounds: np.ndarray, y_ctrl, train, test, config: ProbeConfig,
-                    seed: int) -> dict:
-    import torch  # noqa: F401  (loaded before the thread limit so that it applies to the head)
+def _score_ctc_layer(target: Target, X: np.ndarray, bounds: np.ndarray, folds, y_ctrl, config: ProbeConfig) -> list[dict]:
+    """Every fold's probe and control head of one layer, trained together (`fit_ctc_heads`):
+    head 2k is fold k's probe, head 2k+1 its shuffled-transcript control."""
+    import torch
+
+    from interp.ctc import CTCHeadConfig, cer, fit_ctc_heads
+
+    if config.ctc_method == "reference":
+        return [_score_ctc_fold_reference(target, X, bounds, y_ctrl, tr, te, config, config.seed + k)
+                for k, (tr, te) in enumerate(folds)]
+    with _one_thread_if_small(X.size):
+        x = torch.as_tensor(X, dtype=torch.float32).to(config.device)
+        train = [tr for tr, _ in folds for _ in (0, 1)]
+        targets = [y for _ in folds for y in (target.y, y_ctrl)]
+        head_config = CTCHeadConfig(epochs=config.ctc_epochs, lr=config.ctc_lr, start_lr=config.ctc_start_lr,
+                                    patience=config.ctc_patience, weight_decay=config.ctc_weight_decay,
+                                    batch_items=config.ctc_batch_items, val_fraction=config.ctc_val_fraction,
+                                    seed=config.seed, device=config.device)
+        heads = fit_ctc_heads(x, bounds, targets, train, len(target.classes), head_config)
+        out = []
+        for k, (train_k, test) in enumerate(folds):
+            rows = torch.from_numpy(np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in test])).to(x.device)
+            lengths = np.diff(bounds)[test].tolist()
+            xs = x.index_select(0, rows)
+            refs = [target.y[i] for i in test]
+            probe_cer = cer(refs, heads.decode(xs, lengths, 2 * k), target.classes)
+            control_cer = cer([y_ctrl[i] for i in test], heads.decode(xs, lengths, 2 * k + 1), target.classes)
+            medoid = _medoid([target.y[i] for i in train_k], np.random.default_rng(config.seed + k))
+            base_cer = cer(refs, [medoid] * len(test), target.classes)
+            dec = lambda c: max(0.0, 1.0 - c)  # noqa: E731
+            out.append({"score": dec(probe_cer), "baseline": dec(base_cer), "control": dec(control_cer),
+                        "cer": probe_cer, "baseline_cer": base_cer, "control_cer": control_cer,
+                        "epochs": float(heads.epochs[2 * k]), "control_epochs": float(heads.epochs[2 * k + 1])})
+        return out
+
+
+def _score_ctc_fold_reference(target: Target, X: np.ndarray, bounds: np.ndarray, y_ctrl, train, test,
+                              config: ProbeConfig, seed: int) -> dict:
+    """One fold with the reference heads (`fit_ctc_head`): probe, medoid and control."""
+    from interp.ctc import cer
 
     with _one_thread_if_small(X.size):
-        return _score_ctc_fold_serial(target, X, bounds, y_ctrl, train, test, config, seed)
-
-
-def _score_ctc_fold_serial(target: Target, X: np.ndarray, bounds: np.ndarray, y_ctrl, train, test,
-                           config: ProbeConfig, seed: int) -> dict:
-    seqs = [X[bounds[k]:bounds[k + 1]] for k in range(len(target.items))]
-    n_sym = len(target.classes)
-    tr_x = [seqs[k] for k in train]
-    te_x = [seqs[k] for k in test]
-    refs = [target.y[k] for k in test]
-    decode = fit_ctc_head(tr_x, [target.y[k] for k in train], n_sym, config, seed)
-    cer = _cer(refs, decode(te_x), target.classes)
-    medoid = _medoid([target.y[k] for k in train], np.random.default_rng(seed))
-    base_cer = _cer(refs, [medoid] * len(test), target.classes)
-    decode_ctrl = fit_ctc_head(tr_x, [y_ctrl[k] for k in train], n_sym, config, seed)
-    ctrl_cer = _cer([y_ctrl[k] for k in test], decode_ctrl(te_x), target.classes)
+        seqs = [X[bounds[k]:bounds[k + 1]] for k in range(len(target.items))]
+        tr_x, te_x = [seqs[k] for k in train], [seqs[k] for k in test]
+        refs = [target.y[k] for k in test]
+        probe_cer = cer(refs, fit_ctc_head(tr_x, [target.y[k] for k in train], len(target.classes), config, seed)(te_x),
+                        target.classes)
+        medoid = _medoid([target.y[k] for k in train], np.random.default_rng(seed))
+        base_cer = cer(refs, [medoid] * len(test), target.classes)
+        decode_ctrl = fit_ctc_head(tr_x, [y_ctrl[k] for k in train], len(target.classes), config, seed)
+        control_cer = cer([y_ctrl[k] for k in test], decode_ctrl(te_x), target.classes)
     dec = lambda c: max(0.0, 1.0 - c)  # noqa: E731
-    return {"score": dec(cer), "baseline": dec(base_cer), "control": dec(ctrl_cer), "cer": cer,
-            "baseline_cer": base_cer, "control_cer": ctrl_cer}
+    return {"score": dec(probe_cer), "baseline": dec(base_cer), "control": dec(control_cer), "cer": probe_cer,
+            "baseline_cer": base_cer, "control_cer": control_cer}
 
 
 # ---- the sweep ---------------------------------------------------------------------------
@@ -797,6 +787,8 @@ def plan_probe(store: ActivationStore, target: str, layers: str | Sequence = "al
     if store.n_items == 0:
         raise InterpError(f"store {store.path} holds no items; run `interp trace` to fill it")
     names = store.resolve_layers(layers)
+    if config.ctc_method not in ("batched", "reference"):
+        raise InterpError(f"unknown CTC method '{config.ctc_method}'; use batched or reference")
     tgt = build_target(store, target, positions, kind, config)
     folds = make_folds(tgt, config.folds, config.seed)
     if tgt.kind == "classification" and not can_stratify(tgt.y, tgt.groups, config.folds):
@@ -821,13 +813,11 @@ def run_probe(plan: ProbePlan, on_layer: Callable[[LayerScore], None] | None = N
         per_fold = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for k, (train, test) in enumerate(plan.folds):
-                seed = config.seed + k
-                if tgt.kind == "ctc":
-                    per_fold.append(_score_ctc_fold(tgt, X, bounds, plan.control, train, test, config, seed))
-                else:
-                    Z = _span_features(_standardise(X, train), train)
-                    per_fold.append(_score_fold(tgt, Z, np.asarray(tgt.y), plan.control, train, test, config, seed))
+            if tgt.kind == "ctc":
+                per_fold = _score_ctc_layer(tgt, X, bounds, plan.folds, plan.control, config)
+            for k, (train, test) in enumerate(plan.folds if tgt.kind != "ctc" else []):
+                Z = _span_features(_standardise(X, train), train)
+                per_fold.append(_score_fold(tgt, Z, np.asarray(tgt.y), plan.control, train, test, config, config.seed + k))
         unconverged += sum("converge" in str(w.message).lower() for w in caught)
         del X
         score = _summarise(layer, per_fold, len(tgt.items), n_positions)
