@@ -4,7 +4,8 @@ Pure functions on per-item arrays (answers, labels, correctness); no files, no p
 These are the paper's behavioural statistics: Cohen's kappa on per-item answers with a
 paired bootstrap interval, raw agreement, conditional error overlap
 P(same wrong answer | both wrong), McNemar's exact test on correctness, Wilson intervals
-for accuracy, and Benjamini-Hochberg FDR adjustment across comparisons.
+for accuracy (and `accuracy_table`, accuracy per system, task and noise condition), and
+Benjamini-Hochberg FDR adjustment across comparisons.
 
 Answers are compared as given: the prediction "unparsed" is an answer category of its
 own for kappa and error overlap (two systems that both fail to parse agree on *how* they
@@ -19,6 +20,7 @@ from typing import Hashable, Sequence
 import numpy as np
 from scipy import stats
 
+from tasks.noise import snr_order
 from tasks.parse import UNPARSED  # the parsers' "no usable answer"; re-exported here
 
 # Bootstrap index matrices are built this many elements at a time: large enough to stay
@@ -262,3 +264,18 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     q = np.minimum.accumulate(scaled[::-1])[::-1]
     out[order] = np.minimum(q, 1.0)
     return out
+
+
+def accuracy_table(preds: Sequence[dict]) -> list[dict]:
+    """Per system, task and SNR: n, accuracy with a Wilson 95% interval, unparsed count."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in preds:
+        groups.setdefault((p["system"], p["task"], p.get("snr_db")), []).append(p)
+    table = []
+    for (system, task, snr), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], snr_order(kv[0][2]))):
+        k = sum(bool(p["correct"]) for p in ps)
+        lo, hi = wilson_interval(k, len(ps))
+        table.append({"system": system, "task": task, "snr_db": snr, "n": len(ps), "correct": k,
+                      "accuracy": k / len(ps), "ci_low": lo, "ci_high": hi,
+                      "unparsed": sum(p["prediction"] == "unparsed" for p in ps)})
+    return table

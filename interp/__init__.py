@@ -5,7 +5,7 @@ interventions (see interp.interventions); it is imported on first use, so `impor
 stays light.
 """
 
-__version__ = "0.1.0"
+from interp.version import __version__
 
 
 def __getattr__(name):

@@ -12,7 +12,7 @@ generation, step 0 is the prompt (audio and text positions); every later step is
 generated position per item. Explicit indices count within each item's unpadded prompt
 (negative ones from its end, so -1 is the last prompt token), whatever the padding side.
 
-`Erase` applies a fitted eraser (`interp.erasure.Eraser`, LEACE or its random control) at
+`Erase` applies a fitted eraser (`interp.analysis.leace.Eraser`, LEACE or its random control) at
 each of its layers; like every intervention it refuses, before the model runs, a layer the
 model does not have, and it refuses an eraser fitted for another model, width or layer.
 """
@@ -266,7 +266,7 @@ class Edit(Intervention):
 
 @dataclass(init=False)
 class Erase(Intervention):
-    """Apply a fitted eraser (`interp.erasure.Eraser`) at its layers: x -> x - ((x - b) R^T) L^T.
+    """Apply a fitted eraser (`interp.analysis.leace.Eraser`) at its layers: x -> x - ((x - b) R^T) L^T.
 
     `layers` defaults to every layer the eraser was fitted at; naming a layer it was not
     fitted at is an error. Positions default to "all" (prompt and every generated token):
@@ -277,7 +277,7 @@ class Erase(Intervention):
 
     def __init__(self, eraser, layers: Sequence[int] | None = None, positions: str | Sequence[int] = "all"):
         if eraser is None or not hasattr(eraser, "layer_erasers"):
-            raise InterpError("Erase needs a fitted eraser (interp.erasure.fit_eraser or Eraser.load)")
+            raise InterpError("Erase needs a fitted eraser (interp.fit_eraser or interp.Eraser.load)")
         self.eraser = eraser
         self.layers = list(eraser.layers) if layers is None else list(layers)
         self.positions = positions

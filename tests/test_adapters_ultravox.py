@@ -1,4 +1,4 @@
-"""The Ultravox adapter on tiny checkpoints made by `Ultravox.make_tiny` (interp's own
+"""The Ultravox adapter on tiny checkpoints made by `interp.testing.make_tiny("ultravox")` (interp's own
 implementation, saved in the released layout): where audio lands, what time each audio
 position covers, chunks of long audio, batching and generation. The implementation itself is
 checked against fixie's released code in test_ultravox_reference.py."""
@@ -14,6 +14,7 @@ import torch
 
 from interp.models import detect_family, load_model
 from interp.models.ultravox import Ultravox
+from interp.testing import make_tiny
 
 SR = 16000
 
@@ -24,7 +25,7 @@ def tiny_dirs(tmp_path_factory):
 
     def build(version: str = "v0.6"):
         if version not in cache:
-            cache[version] = Ultravox.make_tiny(tmp_path_factory.mktemp(f"ultravox-{version}"), seed=0, version=version)
+            cache[version] = make_tiny("ultravox", tmp_path_factory.mktemp(f"ultravox-{version}"), seed=0, version=version)
         return cache[version]
 
     return build

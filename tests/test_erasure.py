@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.erasure import (Eraser, LayerEraser, build_concept, ctc_frame_targets, fit_eraser, random_control,
-                            reprobe)
+from interp.analysis.concepts import build_concept, ctc_frame_targets
+from interp.analysis.leace import Eraser, LayerEraser, fit_eraser, random_control
+from interp.analysis.reprobe import reprobe
 from interp.store import ActivationStore, ItemRecord, StoreWriter
 
 
@@ -73,11 +74,12 @@ def write_labelled_tones(folder: Path, n: int, seed: int = 0) -> Path:
 def real(tmp_path_factory):
     """A store of a tiny Qwen2-Audio (one small encoder layer, for speed) over 60 labelled tones."""
     from interp.manifest import read_manifest
-    from interp.models import get_family, load_model
+    from interp.models import load_model
+    from interp.testing import make_tiny
     from interp.trace import trace
 
     folder = tmp_path_factory.mktemp("real")
-    model = get_family("qwen2-audio").make_tiny(folder / "model", encoder_layers=1, encoder_d_model=32)
+    model = make_tiny("qwen2-audio", folder / "model", encoder_layers=1, encoder_d_model=32)
     adapter = load_model(model, device="cpu")
     manifest = write_labelled_tones(folder / "audio", 60)
     trace(adapter, read_manifest(manifest), folder / "acts.h5", layers="all", positions="all", dtype="float32",
@@ -207,7 +209,7 @@ def test_concept_errors(synth, tmp_path):
     with ActivationStore(synth) as store:
         with pytest.raises(InterpError, match="one class"):
             build_concept(store, "speaker")
-        with pytest.raises(InterpError, match="no item field 'mood'"):
+        with pytest.raises(InterpError, match="no target 'mood'"):
             build_concept(store, "mood")
         with pytest.raises(InterpError, match="out of range"):
             fit_eraser(store, "label", "0,7")

@@ -9,7 +9,7 @@ import torch
 
 from interp.audio import load_audio
 from interp.errors import InterpError
-from interp.erasure import Eraser, LayerEraser
+from interp.analysis.leace import Eraser, LayerEraser
 from interp.interventions import (Ablate, Edit, Erase, MeanAblate, Record, Steer, StepContext, Zero,
                                   position_masks)
 from interp.manifest import read_manifest

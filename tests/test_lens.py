@@ -12,8 +12,10 @@ import torch
 import cli
 from interp.audio import write_wav
 from interp.errors import InterpError
-from interp.lens import TokenForms, bag_of_tokens, emit_manifest, lens_live, lens_logits, lens_store
-from interp.models import family_names, get_family, load_model
+from interp.analysis.lens import TokenForms, bag_of_tokens, lens_live, lens_logits, lens_store
+from interp.analysis.lens_outputs import emit_manifest
+from interp.models import family_names, load_model
+from interp.testing import make_tiny
 from interp.trace import record, trace
 from tests.test_probes import make_store
 
@@ -28,13 +30,7 @@ def _waves():
 
 
 def _tiny(family: str, tmp_path_factory):
-    try:
-        cls = get_family(family)
-        path = cls.make_tiny(tmp_path_factory.mktemp(family.replace("-", "_")) / "ckpt")
-    except NotImplementedError:
-        pytest.skip(f"{family}: make_tiny is not implemented yet")
-    except ImportError as e:
-        pytest.skip(f"{family}: cannot import its model classes ({e})")
+    path = make_tiny(family, tmp_path_factory.mktemp(family.replace("-", "_")) / "ckpt")
     return load_model(path, dtype="float32", device="cpu")
 
 

@@ -1,4 +1,4 @@
-"""Probes on synthetic stores with planted signals: interp.probes and `interp probe`."""
+"""Probes on synthetic stores with planted signals: interp.analysis (targets, probing, sweep) and `interp probe`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import pytest
 import cli
 from interp.audio import write_wav
 from interp.errors import InterpError
-from interp.probes import (ProbeConfig, _span_features, build_target, make_folds, normalise_text, position_energy_db,
-                           position_pitch, probe)
+from interp.analysis.acoustics import position_energy_db, position_pitch
+from interp.analysis.probing import ProbeConfig, _span_features, make_folds
+from interp.analysis.sweep import probe
+from interp.analysis.targets import build_target
+from interp.text import normalise_text
 from interp.store import ActivationStore, ItemRecord, StoreWriter
 
 SR = 16000

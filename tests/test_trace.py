@@ -10,7 +10,8 @@ from interp.audio import load_audio
 from interp.manifest import read_manifest
 from interp.models import family_names
 from interp.store import ActivationStore
-from interp.trace import DEFAULT_INSTRUCTION, parse_layers, record, trace
+from interp.layers import parse_layers
+from interp.trace import DEFAULT_INSTRUCTION, record, trace
 
 DECODER_FAMILIES = family_names()  # whisper too: its decoder over the transcription prompt
 ENCODER_FAMILIES = family_names()

@@ -13,10 +13,8 @@ truncated), so an item's positions run continuously from 0 s.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from interp.errors import InterpError
 from interp.models.base import (AudioSpan, Batch, EncoderProjectorDecoder, frame_times,
@@ -59,33 +57,3 @@ class AudioFlamingo3(EncoderProjectorDecoder):
             start, end = frame_times(n, self.encoder_seconds_per_frame, min(d, self.max_audio_seconds))
             spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
         return {"input_features": batch.inputs["input_features"], "input_features_mask": mask}, spans
-
-    @classmethod
-    def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
-                  encoder_d_model: int = 64) -> Path:
-        from transformers import (AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration,
-                                  AudioFlamingo3Processor, WhisperFeatureExtractor)
-
-        from interp.models.tiny import make_tokenizer
-
-        tok = make_tokenizer(["<sound>"], audio_placeholder="<sound>")
-        processor = AudioFlamingo3Processor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
-                                            chat_template=tok.chat_template)
-        heads = max(2, d_model // 32)
-        config = AudioFlamingo3Config(
-            audio_config=dict(hidden_size=encoder_d_model, intermediate_size=2 * encoder_d_model,
-                              num_hidden_layers=encoder_layers, num_attention_heads=4, num_mel_bins=128),
-            text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=d_model,
-                             intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=heads,
-                             num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-            audio_token_id=tok.convert_tokens_to_ids("<sound>"),
-        )
-        torch.manual_seed(seed)
-        model = AudioFlamingo3ForConditionalGeneration(config).eval()
-        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
-        model.generation_config.pad_token_id = tok.pad_token_id
-        out = Path(out)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        return out

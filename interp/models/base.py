@@ -15,7 +15,6 @@ its nnsight envoy.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -131,11 +130,6 @@ class SpeechLM:
         proc_kwargs = {"trust_remote_code": True} if cls.trust_remote_code else {}
         processor = cls.processor_class().from_pretrained(str(path), **proc_kwargs)
         return cls(model, processor, path)
-
-    @classmethod
-    def make_tiny(cls, out: str | Path, seed: int = 0) -> Path:
-        """Write a tiny random checkpoint of this family's real class, loadable offline."""
-        raise NotImplementedError
 
     # ---- where things are ------------------------------------------------------------
 
@@ -275,6 +269,17 @@ class EncoderProjectorDecoder(SpeechLM):
     embed_path = "model.language_model.embed_tokens"
     encoder_layers_path = "model.audio_tower.layers"
     encoder_seconds_per_frame = 0.02
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> str:
+    """The one device rule: "auto" (or None) is cuda when a CUDA device is visible, else cpu;
+    a cuda device asked for where none is visible is an error."""
+    device = "auto" if device is None else str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InterpError("--device cuda asked for but no CUDA device is visible; use --device cpu")
+    return device
 
 
 def resolve_dtype(choice: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:

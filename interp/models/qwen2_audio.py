@@ -4,7 +4,6 @@ one audio position covers 40 ms (conv stride 2, then average pooling 2 over 10 m
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,32 +63,3 @@ class Qwen2Audio(EncoderProjectorDecoder):
             start, end = frame_times(int(n), self.encoder_seconds_per_frame, min(d, self.max_audio_seconds))
             spans.append(AudioSpan(np.arange(int(n), dtype=np.int64), start, end))
         return {"input_features": feats, "attention_mask": mask}, spans
-
-    @classmethod
-    def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
-                  encoder_d_model: int = 64) -> Path:
-        from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
-                                  WhisperFeatureExtractor)
-
-        from interp.models.tiny import make_tokenizer
-
-        tok = make_tokenizer(["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"], pre_tokenizer="qwen2")
-        processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok)
-        heads = max(2, d_model // 32)
-        config = Qwen2AudioConfig(
-            audio_config=dict(d_model=encoder_d_model, encoder_layers=encoder_layers, encoder_attention_heads=4,
-                              encoder_ffn_dim=2 * encoder_d_model, num_mel_bins=128),
-            text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=d_model,
-                             intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=heads,
-                             num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-            audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),
-        )
-        torch.manual_seed(seed)
-        model = Qwen2AudioForConditionalGeneration(config).eval()
-        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
-        model.generation_config.pad_token_id = tok.pad_token_id
-        out = Path(out)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        return out
