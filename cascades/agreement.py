@@ -169,7 +169,8 @@ def bootstrap_kappa_ci(
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n; (NaN, NaN) when n is 0.
+    """Wilson score interval for a proportion k/n (scipy's `binomtest(k, n).proportion_ci`);
+    (NaN, NaN) when n is 0.
 
     Wilson rather than the normal approximation because accuracies near 0 or 1 and small
     per-SNR cells are common here, where the Wald interval leaves [0, 1] or collapses.
@@ -178,15 +179,8 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return float("nan"), float("nan")
-    z = stats.norm.ppf(1 - (1 - confidence) / 2)
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # exact bounds at the edges (the formula leaves ~1e-17 of rounding there)
-    low = 0.0 if k == 0 else max(0.0, center - half)
-    high = 1.0 if k == n else min(1.0, center + half)
-    return float(low), float(high)
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def error_overlap_given_correct(
@@ -247,22 +241,17 @@ def mcnemar_discordant(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> 
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg FDR-adjusted p-values (q-values), in the input order.
+    """Benjamini-Hochberg FDR-adjusted p-values (q-values), in the input order
+    (scipy's `false_discovery_control`).
 
     NaN p-values (tests that could not be run) stay NaN and do not count towards the
     number of tests m.
     """
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(~np.isnan(p))
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    # q_(i) = min over j >= i of p_(j) * m / j: a running minimum from the largest p down.
-    q = np.minimum.accumulate(scaled[::-1])[::-1]
-    out[order] = np.minimum(q, 1.0)
+    finite = ~np.isnan(p)
+    if finite.any():
+        out[finite] = stats.false_discovery_control(p[finite], method="bh")
     return out
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import zlib
 from collections import defaultdict
@@ -43,6 +42,7 @@ from cascades.agreement import (
     wilson_interval,
 )
 from cascades.answers import ItemKey, Prediction, SystemPredictions, group_systems, read_predictions
+from interp.atomic import json_ready
 from interp.errors import InterpError
 from tasks.noise import snr_order
 
@@ -142,7 +142,7 @@ class Report:
     """Confounds found in the inputs, e.g. systems decoded with different settings."""
 
     def to_dict(self) -> dict:
-        return _json_safe(asdict(self))
+        return json_ready(asdict(self))
 
 
 # ---------------------------------------------------------------------------- loading
@@ -361,16 +361,3 @@ def _key_order(key: ItemKey) -> tuple:
 
 def _key_dict(key: ItemKey) -> dict:
     return {"id": key[0], "snr_db": key[1]}
-
-
-def _json_safe(obj):
-    # JSON has no NaN; null is what readers of report.json can parse.
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj

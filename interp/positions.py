@@ -9,7 +9,9 @@
 
 Each tool accepts the subset that means something for it (`TRACE`, `PROBE`, `LENS`,
 `INTERVENTION`, `FIT`) and checks a request with `check_positions`. `select_positions` picks
-one item's positions of a prompt; stores select rows the same way (`ActivationStore.rows`).
+one item's positions of a prompt; stores select rows the same way (`ActivationStore.rows`);
+`position_masks` gives an intervention the (batch, seq) masks of a padded batch at a
+generation step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from interp.errors import InterpError
 from interp.models.base import AudioSpan
@@ -73,3 +76,28 @@ def select_positions(mode: str, span: AudioSpan, attention_mask: np.ndarray | No
         return ItemPositions(span.positions, np.ones(1, bool), np.array([span.time_start.min()]),
                              np.array([span.time_end.max()]), pooled=True)
     raise InterpError(f"unknown positions mode '{mode}'; use one of {', '.join(TRACE)}")
+
+
+@dataclass
+class StepContext:
+    """What an intervention needs to know about the current forward pass."""
+
+    step: int  #: 0 for the prompt (or a plain forward), k for the k-th generated token
+    masks: dict[str, torch.Tensor]  #: position kind -> (batch, seq) bool mask for this step
+
+
+def position_masks(batch, step: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """Boolean (batch, seq) masks of audio, text, generated and all (non-padding) positions."""
+    n = len(batch)
+    device = batch.attention_mask.device
+    if step == 0:
+        real = batch.attention_mask.bool()[:, :seq_len]
+        audio = torch.zeros_like(real)
+        padding = torch.zeros_like(real)  # placeholders past the audio's end: neither audio nor text
+        for i, span in enumerate(batch.audio):
+            audio[i, torch.as_tensor(span.positions, device=device)] = True
+            padding[i, torch.as_tensor(span.padding, device=device, dtype=torch.long)] = True
+        return {"audio": audio, "text": real & ~audio & ~padding, "generated": torch.zeros_like(real), "all": real}
+    ones = torch.ones(n, seq_len, dtype=torch.bool, device=device)
+    zeros = torch.zeros_like(ones)
+    return {"audio": zeros, "text": zeros, "generated": ones, "all": ones}

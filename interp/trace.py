@@ -243,6 +243,7 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
                     records = to_records(batch, acts, chunk, positions, dtype, component, enc_spans)
                     for rec, r, text in zip(records, chunk, instructions[s:s + batch_size]):
                         rec.input_fingerprint = input_fingerprint(r["audio"], text)
+                        rec.instruction = text
                     for r, cut in zip(chunk, batch.truncated or []):
                         if cut:
                             truncated.append(str(r["id"]))
@@ -322,3 +323,15 @@ def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict], instructions:
                               "(its audio file or instruction changed); give the manifest it was traced from, "
                               "or --overwrite")
     return writer
+
+
+class _CallableModule(type(sys)):
+    """`interp.trace` is the module and, called, its `trace`: `interp.trace(model, rows, out)`
+    as the package's API names it, while `from interp.trace import record` keeps working. (A
+    plain package attribute could not be both: importing the submodule rebinds the name.)"""
+
+    def __call__(self, *args, **kwargs) -> TraceSummary:
+        return trace(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

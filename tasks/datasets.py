@@ -28,6 +28,7 @@ from typing import Callable
 from interp.errors import InterpError
 from interp.progress import Progress
 from interp.progress import stage as start_stage
+from interp.manifest import parse_jsonl
 from tasks.formats import csv_records, csv_rows, line_of, parse_json, read_parquet, read_text, tsv_records
 from tasks.task import LETTERS, get_task
 
@@ -160,15 +161,9 @@ def _load_sst2(path: Path, limit: int | None) -> list[dict]:
 def _load_csqa(path: Path, limit: int | None) -> list[dict]:
     task = get_task("csqa")
     rows = []
-    for line, text in enumerate(read_text(path).splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InterpError(f"{path}:{line}: not valid JSON ({e.msg}); CommonsenseQA is one JSON object per line") from None
+    for line, record in parse_jsonl(read_text(path), path):
         where = f"{path}:{line}"
-        question = record.get("question") if isinstance(record, dict) else None
+        question = record.get("question")
         if not isinstance(question, dict) or not str(question.get("stem") or "").strip():
             raise InterpError(f"{where}: missing 'question.stem'; expected the CommonsenseQA JSONL format")
         choices = question.get("choices")

@@ -15,6 +15,7 @@ import torch
 from interp.models import detect_family, load_model
 from interp.models.ultravox import Ultravox
 from interp.testing import make_tiny
+from tests.helpers import captured
 
 SR = 16000
 
@@ -50,15 +51,9 @@ def _waves(seconds, seed=0):
 
 def _forward(adapter, batch):
     """hidden_states[0] (the embeddings the decoder sees), logits and the raw last block output."""
-    captured = {}
-    handle = adapter.layers[-1].register_forward_hook(
-        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
-    try:
-        with torch.no_grad():
-            out = adapter.model(**batch.inputs, output_hidden_states=True)
-    finally:
-        handle.remove()
-    return out.hidden_states, out.logits, captured["last"]
+    with captured({"last": adapter.layers[-1]}) as seen, torch.no_grad():
+        out = adapter.model(**batch.inputs, output_hidden_states=True)
+    return out.hidden_states, out.logits, seen["last"]
 
 
 def _audio_embeddings(adapter, batch):

@@ -13,6 +13,7 @@ import torch
 from interp.models import detect_family, load_model
 from interp.models.whisper import Whisper
 from interp.testing import make_tiny
+from tests.helpers import captured
 
 SR = 16000
 
@@ -96,18 +97,12 @@ def test_audio_enters_through_the_encoder_only(adapter):
 
 def test_final_norm_and_unembed_of_last_block_give_the_logits(adapter):
     batch = adapter.prepare(_waves([1.1, 2.0]), ["", ""])
-    captured = {}
-    handle = adapter.layers[-1].register_forward_hook(
-        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
-    try:
-        with torch.no_grad():
-            out = adapter.model(**batch.inputs, output_hidden_states=True)
-    finally:
-        handle.remove()
+    with captured({"last": adapter.layers[-1]}) as seen, torch.no_grad():
+        out = adapter.model(**batch.inputs, output_hidden_states=True)
     with torch.no_grad():
-        torch.testing.assert_close(adapter.unembed(adapter.final_norm(captured["last"])), out.logits,
+        torch.testing.assert_close(adapter.unembed(adapter.final_norm(seen["last"])), out.logits,
                                    rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(adapter.final_norm(captured["last"]), out.decoder_hidden_states[-1], rtol=0, atol=0)
+    torch.testing.assert_close(adapter.final_norm(seen["last"]), out.decoder_hidden_states[-1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("seconds", [0.25, 1.3, 2.97, 29.99, 30.0, 34.0])

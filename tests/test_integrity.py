@@ -24,18 +24,10 @@ import pytest
 import soundfile as sf
 
 from interp.store import ActivationStore
+from tests.helpers import one_line_error
 
 INTERP = [sys.executable, "-c", "import cli; cli.main()"]
 ENV = {**os.environ, "COLUMNS": "300"}
-
-
-def one_line_error(code, err, *needles):
-    assert code != 0, err
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:") and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def read_jsonl(path: Path) -> list[dict]:

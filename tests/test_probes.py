@@ -14,7 +14,7 @@ import cli
 from interp.audio import write_wav
 from interp.errors import InterpError
 from interp.analysis.acoustics import position_energy_db, position_pitch
-from interp.analysis.probing import ProbeConfig, _span_features, make_folds
+from interp.analysis.probing import ProbeConfig, make_folds, span_features
 from interp.analysis.sweep import probe
 from interp.analysis.targets import build_target
 from interp.text import normalise_text
@@ -133,7 +133,7 @@ def test_span_reparametrisation_is_exact():
     X = rng.normal(size=(40, 200)).astype(np.float32)
     y = (X[:, 0] + 0.5 * rng.normal(size=40) > 0).astype(int)
     train, test = np.arange(30), np.arange(30, 40)
-    Z = _span_features(X, train)
+    Z, _ = span_features(X, train)
     assert Z.shape == (40, 30)
     full = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(X[train], y[train])
     span = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(Z[train], y[train])
@@ -291,25 +291,14 @@ def test_library_errors(label_store, tmp_path):
     assert ActivationStore(label_store).resolve_layers("embed,-1") == ["embed", "3"]
 
 
-def _cli(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["interp", *map(str, argv)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize("args, expected", [
     (["--target", "mood"], "the store has no target 'mood'; item fields:"),
     (["--target", "const"], "target 'const' has one class ('same')"),
     (["--target", "label", "--layers", "0,7"], "layer(s) 7 not in the store"),
     (["--target", "ctc", "--positions", "audio-mean"], "use --positions audio"),
 ])
-def test_cli_bad_input_one_line(label_store, monkeypatch, capsys, tmp_path, args, expected):
-    code, out, err = _cli(monkeypatch, capsys, "probe", label_store, *args, "--out", tmp_path / "p.json")
+def test_cli_bad_input_one_line(label_store, run_cli, tmp_path, args, expected):
+    code, out, err = run_cli("probe", label_store, *args, "--out", tmp_path / "p.json")
     lines = [x for x in err.splitlines() if x.strip()]
     assert code != 0 and "Traceback" not in out + err
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], err
@@ -324,9 +313,9 @@ def test_cli_bad_input_in_a_fresh_process(label_store, tmp_path):
     assert len(lines) == 1 and "no target 'mood'" in lines[0]
 
 
-def test_cli_probe_writes_json_and_plot(label_store, monkeypatch, capsys, tmp_path):
+def test_cli_probe_writes_json_and_plot(label_store, run_cli, tmp_path):
     out, plot = tmp_path / "probe.json", tmp_path / "curve.png"
-    code, stdout, err = _cli(monkeypatch, capsys, "probe", label_store, "--target", "label", "--layers", "1,2",
+    code, stdout, err = run_cli("probe", label_store, "--target", "label", "--layers", "1,2",
                              "--folds", "3", "--out", out, "--plot", plot)
     assert code == 0, err
     data = json.loads(out.read_text())

@@ -73,13 +73,20 @@ class LayerEraser:
         """The d x d linear part, identity minus L R (for inspection; never formed to apply)."""
         return torch.eye(self.d_model, dtype=self.proj_left.dtype) - self.proj_left @ self.proj_right
 
+    def __post_init__(self):
+        object.__setattr__(self, "_casts", {})
+
     def factors(self, device=None, dtype=torch.float64):
-        """(L, R, bias) cast to a device and dtype, for applying many times."""
-        cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-        return cast(self.proj_left), cast(self.proj_right), cast(self.bias)
+        """(L, R, bias) on a device in a dtype, cast once and kept (applied at every generation step)."""
+        key = (str(device), dtype)
+        if key not in self._casts:
+            cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+            self._casts[key] = (cast(self.proj_left), cast(self.proj_right), cast(self.bias))
+        return self._casts[key]
 
     def __call__(self, x):
-        """Erase rows of a (..., d_model) tensor or array; numpy input is computed in float64."""
+        """Erase rows of a (..., d_model) tensor or array, in at least float32 (numpy input in
+        float64); the result has the input's dtype. The one place the formula is written."""
         if isinstance(x, np.ndarray):
             return self(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
         if self.rank == 0:
@@ -169,7 +176,7 @@ class Eraser:
         """Write one .safetensors file: `{layer}.proj_left|proj_right|bias` plus the metadata as JSON."""
         from safetensors.torch import save_file
 
-        from interp.atomic import atomic_path
+        from interp.atomic import atomic_path, json_ready
 
         path = Path(path)
         tensors = {}
@@ -179,7 +186,7 @@ class Eraser:
             if e.bias is not None:
                 tensors[f"{layer}.bias"] = e.bias.detach().cpu().contiguous().clone()
         with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"interp": json.dumps(self.describe(), default=_json_default)})
+            save_file(tensors, str(tmp), metadata={"interp": json.dumps(json_ready(self.describe(), strict=False))})
         return path
 
     @classmethod
@@ -219,13 +226,14 @@ class Eraser:
 
 def random_control(eraser: Eraser, seed: int = 0) -> Eraser:
     """The matched-rank control: per layer, the orthogonal projection off a random subspace of
-    the same rank as `eraser`'s (the span of Gaussian vectors, seeded by (seed, layer)); the
-    bias, if any, is kept so the control differs from the eraser only in its subspace."""
+    the same rank as `eraser`'s (`interp.interventions.random_basis(d, rank, seed, layer)`, the
+    subspace `Ablate(rank=..., seed=seed)` removes); the bias, if any, is kept so the control
+    differs from the eraser only in its subspace."""
+    from interp.interventions import random_basis
+
     layers = {}
     for layer, e in eraser.layer_erasers.items():
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(layer)]).generate_state(1)[0]))
-        g = torch.randn(e.d_model, e.rank, generator=gen, dtype=torch.float64)
-        q = torch.linalg.qr(g).Q if e.rank else g
+        q = random_basis(e.d_model, e.rank, seed, layer)
         layers[layer] = LayerEraser(q, q.T.clone(), e.bias)
     meta = dict(eraser.meta, seed=int(seed), control_of=eraser.concept)
     return replace(eraser, layer_erasers=layers, method="random", meta=meta)
@@ -382,11 +390,3 @@ def _freeze(e) -> LayerEraser:
 
 def _layer_list(layers) -> str:
     return ",".join(str(l) for l in layers)
-
-
-def _json_default(o):
-    if isinstance(o, (np.generic,)):
-        return o.item()
-    if isinstance(o, MappingProxyType):
-        return dict(o)
-    return str(o)

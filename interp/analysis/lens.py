@@ -349,3 +349,13 @@ def _no_rows_advice(store: ActivationStore, positions: str) -> str:
     have = [p for p, n in (("audio", audio), ("text", store.n_rows - audio)) if n] + ["all", "last"]
     return (f"{where} holds no {positions} positions (traced with positions '{store.attrs.get('positions')}'); "
             f"use --positions {' or '.join(have)}")
+
+
+def logit_lens(model: SpeechLM, source, layers: str | Sequence = "all", positions: str | None = None, top_k: int = 5,
+               **options) -> LensResult:
+    """The logit lens over `source`: an activation store of this model (or its path), read with
+    only the final norm and unembedding (`lens_store`), or manifest rows run through the model
+    (`lens_live`; `prompt=`, `batch_size=` apply). For residual tensors, `lens_logits`."""
+    if isinstance(source, (ActivationStore, str, Path)):
+        return lens_store(model, source, layers=layers, positions=positions, top_k=top_k, **options)
+    return lens_live(model, list(source), layers=layers, positions=positions, top_k=top_k, **options)

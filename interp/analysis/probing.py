@@ -10,7 +10,7 @@ majority class (or mean) and the shuffled-label control (Hewitt & Liang's contro
 same probe refitted on labels permuted across items or positions (`control_labels`).
 
 When features outnumber training rows (pooled 7B states: 4096 dims, ~1000 items) the probe is
-fitted in the span of the training rows (`_span_features`), a change of variables that is
+fitted in the span of the training rows (`span_features`), a change of variables that is
 exact for L2-penalised linear models and makes a sweep minutes rather than hours on a CPU.
 """
 
@@ -127,25 +127,30 @@ def control_labels(target: Target, folds: Sequence[tuple[np.ndarray, np.ndarray]
 # ---- fitting -----------------------------------------------------------------------------
 
 
-def _standardise(X: np.ndarray, train: np.ndarray) -> np.ndarray:
-    mu = X[train].mean(0, dtype=np.float64)
-    sd = X[train].std(0, dtype=np.float64)
-    sd[sd < 1e-8] = 1.0
-    return ((X - mu.astype(X.dtype)) / sd.astype(X.dtype)).astype(np.float32, copy=False)
+def standardise(X: np.ndarray, train: np.ndarray):
+    """(X standardised with the training rows' statistics as float32, the fitted `StandardScaler`);
+    a feature constant over the training rows keeps scale 1."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X[train].astype(np.float64, copy=False))
+    return scaler.transform(X).astype(np.float32, copy=False), scaler
 
 
-def _span_features(Xs: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """Coordinates of all rows in an orthonormal basis of the training rows' span.
+def span_features(Xs: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(coordinates of all rows in an orthonormal basis of the training rows' span, the map from
+    those coordinates back to training-row weights), or (Xs, None) when features do not
+    outnumber training rows.
 
     For an L2-penalised linear model the optimal weights lie in the span of the training
     rows (the gradient of the loss is X_tr^T r), so w = V a with V orthonormal gives the
     same fit and predictions with ||w|| = ||a||: an exact change of variables that turns a
     (n x d) problem with d >> n into an (n x n) one. With G = Xs Xs_tr^T and
-    K = G[train] = U diag(s^2) U^T, the coordinates are G U / s.
+    K = G[train] = U diag(s^2) U^T, the coordinates are G U / s and V = Xs_tr^T U / s, so a
+    probe's weights in the standardised space are Xs_tr^T (back @ a) with back = U / s.
     """
     n_train, d = len(train), Xs.shape[1]
     if d <= n_train:
-        return Xs
+        return Xs, None
     from threadpoolctl import threadpool_limits
 
     G = Xs @ Xs[train].T  # (n, n_train)
@@ -153,8 +158,8 @@ def _span_features(Xs: np.ndarray, train: np.ndarray) -> np.ndarray:
     with threadpool_limits(1, user_api="blas"):
         evals, U = np.linalg.eigh(G[train].astype(np.float64))
     keep = evals > max(evals.max(), 1e-30) * 1e-9
-    U, s = U[:, keep], np.sqrt(evals[keep])
-    return ((G.astype(np.float64) @ U) / s).astype(np.float32)
+    back = U[:, keep] / np.sqrt(evals[keep])
+    return (G.astype(np.float64) @ back).astype(np.float32), back
 
 
 class _Constant:
@@ -162,42 +167,45 @@ class _Constant:
 
     C_ = float("nan")
 
-    def __init__(self, label):
+    def __init__(self, label, n_features: int):
         self.label = label
+        self.classes_ = np.array([label])
+        self.coef_ = np.zeros((1, n_features))
+        self.intercept_ = np.zeros(1)
 
     def predict(self, Z):
         return np.full(len(Z), self.label)
 
 
-def _fit_classifier(Z, y, train, groups, config: ProbeConfig, seed: int):
+def fit_classifier(Z: np.ndarray, y: np.ndarray, groups: np.ndarray, config: ProbeConfig, seed: int):
+    """A logistic regression on (Z, y) whose C is chosen by inner grouped CV (stratified), or
+    the constant probe when y holds one class."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
-    y_tr = y[train]
-    if len(np.unique(y_tr)) < 2:
-        return _Constant(y_tr[0])
-    inner = _inner_splits(y_tr, groups[train], config.inner_folds, seed, stratify=True)
-    if len(inner) < 2 or any(len(np.unique(y_tr[tr])) < 2 for tr, _ in inner):
+    if len(np.unique(y)) < 2:
+        return _Constant(y[0], Z.shape[1])
+    inner = _inner_splits(y, groups, config.inner_folds, seed, stratify=True)
+    if len(inner) < 2 or any(len(np.unique(y[tr])) < 2 for tr, _ in inner):
         # Too few items to choose C by CV (an inner training split would hold one class):
         # the middle of the grid, recorded as the chosen C.
         C = float(np.median(config.Cs))
-        clf = LogisticRegression(C=C, max_iter=config.max_iter).fit(Z[train], y_tr)
+        clf = LogisticRegression(C=C, max_iter=config.max_iter).fit(Z, y)
         clf.C_ = C
         return clf
     clf = LogisticRegressionCV(Cs=list(config.Cs), l1_ratios=(0.0,), cv=inner, scoring="neg_log_loss",
                                max_iter=config.max_iter, use_legacy_attributes=False)
-    clf.fit(Z[train], y_tr)
-    return clf
+    return clf.fit(Z, y)
 
 
-def _fit_regressor(Z, y, train, groups, config: ProbeConfig, seed: int):
+def fit_regressor(Z: np.ndarray, y: np.ndarray, groups: np.ndarray, config: ProbeConfig, seed: int):
+    """A ridge regression on (Z, y) whose alpha is chosen by inner grouped CV (leave-one-out
+    when each group is one row)."""
     from sklearn.linear_model import RidgeCV
 
-    g = groups[train]
     # One row per item: efficient leave-one-out is leave-one-item-out. Otherwise grouped inner folds.
-    cv = None if len(np.unique(g)) == len(g) else _inner_splits(None, g, config.inner_folds, seed, stratify=False)
-    reg = RidgeCV(alphas=list(config.alphas), cv=cv)
-    reg.fit(Z[train], y[train])
-    return reg
+    cv = None if len(np.unique(groups)) == len(groups) else _inner_splits(None, groups, config.inner_folds, seed,
+                                                                          stratify=False)
+    return RidgeCV(alphas=list(config.alphas), cv=cv).fit(Z, y)
 
 
 def _r2(y_true, y_pred) -> float:
@@ -212,7 +220,7 @@ SMALL_PROBLEM = 8_000_000  #: elements of a design matrix below which fits run o
 
 
 @contextlib.contextmanager
-def _one_thread_if_small(n_elements: int):
+def one_thread_if_small(n_elements: int):
     """Run small fits on one BLAS/torch thread.
 
     lbfgs and Adam steps on matrices of a few hundred thousand elements are dominated by
@@ -238,28 +246,44 @@ def _one_thread_if_small(n_elements: int):
             torch.set_num_threads(before)
 
 
-def _score_fold(target: Target, Z, y, y_ctrl, train, test, config: ProbeConfig, seed: int) -> dict:
-    with _one_thread_if_small(Z.size):
-        return _score_fold_serial(target, Z, y, y_ctrl, train, test, config, seed)
-
-
-def _score_fold_serial(target: Target, Z, y, y_ctrl, train, test, config: ProbeConfig, seed: int) -> dict:
+def score_fold(kind: str, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray, test: np.ndarray,
+               config: ProbeConfig, seed: int, y_control: np.ndarray | None = None) -> dict:
+    """One outer fold: the probe's held-out score, the training fold's majority class (or mean)
+    as baseline, and, given `y_control`, the same probe refitted on the control labels."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    g = target.groups
-    if target.kind == "classification":
-        probe = _fit_classifier(Z, y, train, g, config, seed)
-        pred = probe.predict(Z[test])
-        major = np.bincount(y[train]).argmax()
-        base = np.full(len(test), major)
-        ctrl = _fit_classifier(Z, y_ctrl, train, g, config, seed).predict(Z[test])
-        return {"score": accuracy_score(y[test], pred), "baseline": accuracy_score(y[test], base),
-                "control": accuracy_score(y_ctrl[test], ctrl),
-                "macro_f1": f1_score(y[test], pred, average="macro", zero_division=0),
-                "baseline_macro_f1": f1_score(y[test], base, average="macro", zero_division=0),
-                "C": float(np.ravel(probe.C_)[0])}
-    probe = _fit_regressor(Z, y, train, g, config, seed)
-    base = np.broadcast_to(y[train].mean(0), y[test].shape)
-    ctrl = _fit_regressor(Z, y_ctrl, train, g, config, seed)
-    return {"score": _r2(y[test], probe.predict(Z[test])), "baseline": _r2(y[test], base),
-            "control": _r2(y_ctrl[test], ctrl.predict(Z[test])), "alpha": float(probe.alpha_)}
+    g = groups[train]
+    with one_thread_if_small(Z.size):
+        if kind == "classification":
+            probe = fit_classifier(Z[train], y[train], g, config, seed)
+            pred = probe.predict(Z[test])
+            base = np.full(len(test), np.bincount(y[train]).argmax())
+            out = {"score": accuracy_score(y[test], pred), "baseline": accuracy_score(y[test], base),
+                   "macro_f1": f1_score(y[test], pred, average="macro", zero_division=0),
+                   "baseline_macro_f1": f1_score(y[test], base, average="macro", zero_division=0),
+                   "C": float(np.ravel(probe.C_)[0])}
+            if y_control is not None:
+                ctrl = fit_classifier(Z[train], y_control[train], g, config, seed).predict(Z[test])
+                out["control"] = accuracy_score(y_control[test], ctrl)
+            return out
+        probe = fit_regressor(Z[train], y[train], g, config, seed)
+        base = np.broadcast_to(y[train].mean(0), y[test].shape)
+        out = {"score": _r2(y[test], probe.predict(Z[test])), "baseline": _r2(y[test], base),
+               "alpha": float(probe.alpha_)}
+        if y_control is not None:
+            ctrl = fit_regressor(Z[train], y_control[train], g, config, seed)
+            out["control"] = _r2(y_control[test], ctrl.predict(Z[test]))
+        return out
+
+
+def cross_validate(X: np.ndarray, y, groups: np.ndarray, kind: str, folds: Sequence[tuple[np.ndarray, np.ndarray]],
+                   config: ProbeConfig, y_control=None) -> list[dict]:
+    """The probing estimator over outer folds: per fold, features standardised on the training
+    fold, fitted in the training rows' span where d > n, then `score_fold`. Every caller (the
+    probe sweep, the re-probe of erased activations) scores a layer with this."""
+    y = np.asarray(y)
+    out = []
+    for k, (train, test) in enumerate(folds):
+        Z, _ = span_features(standardise(X, train)[0], train)
+        out.append(score_fold(kind, Z, y, groups, train, test, config, config.seed + k, y_control))
+    return out

@@ -9,13 +9,15 @@ baseline on the fitting distribution, and a random subspace of the same rank sho
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from interp.analysis.concepts import Concept
 from interp.analysis.leace import Eraser
+from interp.analysis.probing import ProbeConfig, cross_validate, make_folds
+from interp.analysis.targets import Target
 from interp.errors import InterpError
 from interp.progress import Progress, stage
 from interp.store import ActivationStore
@@ -51,87 +53,45 @@ def _sample_rows(rows: np.ndarray, max_rows: int | None, seed: int) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(rows, size=max_rows, replace=False))
 
 
-def _span_coordinates(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows in an orthonormal basis of the training rows' span, when that is narrower than d.
-
-    An L2-penalised linear model's weights lie in the span of its training rows, so fitting on
-    these coordinates gives the same predictions at the same penalty (the exact change of
-    variables `interp.analysis.probing` uses): a 4096-d state over 1,000 rows becomes a 1,000-d problem.
-    """
-    n, d = train.shape
-    if d <= n:
-        return train, test
-    evals, U = np.linalg.eigh(train @ train.T)
-    keep = evals > max(evals.max(), 1e-30) * 1e-9
-    basis = train.T @ (U[:, keep] / np.sqrt(evals[keep]))  # (d, r) orthonormal
-    return train @ basis, test @ basis
-
-
-def probe_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, folds: int = 2, seed: int = 0) -> tuple[float, float]:
-    """(probe score, baseline) of a fresh linear probe under grouped K-fold: logistic regression
-    (C chosen by inner grouped CV) scored by accuracy against the training-majority class, or
-    ridge (alpha by inner CV) scored by R^2 against the training mean."""
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-    from sklearn.metrics import r2_score
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    n_groups = len(np.unique(groups))
-    if n_groups < 4:
-        raise InterpError(f"re-probing needs at least 4 held-out items; have {n_groups}: raise --holdout or add items")
-
-    def splitter(k, labels, g):
-        # Stratified for classes: with few items, unstratified folds put different majorities
-        # on the two sides, and the majority baseline stops being what a blind probe scores.
-        k = min(k, len(np.unique(g)))
-        if kind == "classes":
-            return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(labels, labels, g))
-        return list(GroupKFold(k, shuffle=True, random_state=seed).split(labels, groups=g))
-
-    scores, bases = [], []
-    # lbfgs on small problems is dominated by BLAS thread hand-offs; big ones keep the threads
-    threads = 1 if X.size < 4_000_000 else None
-    with warnings.catch_warnings(), threadpool_limits(threads, user_api="blas"):
-        warnings.simplefilter("ignore")
-        for train, test in splitter(folds, y, groups):
-            scaler = StandardScaler().fit(X[train])
-            xtr, xte = _span_coordinates(scaler.transform(X[train]), scaler.transform(X[test]))
-            inner = splitter(3, y[train], groups[train])
-            if kind == "classes":
-                if len(np.unique(y[train])) < 2:
-                    continue
-                clf = LogisticRegressionCV(Cs=[1e-4, 1e-3, 1e-2, 1e-1, 1.0], cv=inner, scoring="neg_log_loss", max_iter=300)
-                clf.fit(xtr, y[train])
-                scores.append(float((clf.predict(xte) == y[test]).mean()))
-                bases.append(float((y[test] == np.bincount(y[train]).argmax()).mean()))
-            else:
-                reg = RidgeCV(alphas=[1e-1, 1.0, 1e1, 1e2, 1e3, 1e4], cv=inner).fit(xtr, y[train])
-                scores.append(float(r2_score(y[test], reg.predict(xte), multioutput="variance_weighted")))
-                mean = np.broadcast_to(y[train].mean(0), y[test].shape)
-                bases.append(float(r2_score(y[test], mean, multioutput="variance_weighted")))
-    if not scores:
-        return float("nan"), float("nan")
-    return float(np.mean(scores)), float(np.mean(bases))
-
-
-def reprobe(store: ActivationStore, concept: Concept, erasers: Mapping[str, Eraser], layers: Sequence[int],
-            folds: int = 2, seed: int = 0, max_rows: int | None = 2000,
-            progress: Progress | None = None) -> ReprobeResult:
-    """Train fresh probes for `concept` on the rows it covers (held-out items: restrict it
-    first) at each layer: on the stored activations and on each eraser's output. At most
-    `max_rows` rows, drawn uniformly, keep it affordable for wide models."""
+def held_out_target(store: ActivationStore, concept: Concept, max_rows: int | None = 2000, seed: int = 0) -> Target:
+    """The concept as a probe target on (at most `max_rows` of) its rows: its classes (the
+    one-hot column set) or its values, grouped by item."""
     rows = _sample_rows(concept.rows, max_rows, seed)
     groups = store.row_items(rows)
     z = concept.z(rows)
-    y = z.argmax(1) if concept.kind == "classes" else z
+    classes = concept.kind == "classes"
+    return Target(concept.name, "classification" if classes else "regression", "all", np.unique(groups), rows,
+                  z.argmax(1) if classes else z, groups, "item", list(concept.columns) if classes else [])
+
+
+def reprobe(store: ActivationStore, concept: Concept, erasers: Mapping[str, Eraser], layers: Sequence[int],
+            folds: int = 2, seed: int = 0, max_rows: int | None = 2000, config: ProbeConfig | None = None,
+            progress: Progress | None = None) -> ReprobeResult:
+    """Train fresh probes for `concept` on the rows it covers (held-out items: restrict it
+    first) at each layer: on the stored activations and on each eraser's output, with the
+    probing estimator of `interp probe` (`interp.analysis.probing.cross_validate`: the same
+    grids, standardisation and folds, so the numbers are comparable). At most `max_rows` rows,
+    drawn uniformly, keep it affordable for wide models."""
+    config = replace(config or ProbeConfig(), folds=folds, seed=seed)
+    target = held_out_target(store, concept, max_rows, seed)
+    n_groups = len(target.items)
+    if n_groups < 4:
+        raise InterpError(f"re-probing needs at least 4 held-out items; have {n_groups}: raise --holdout or add items")
+    fold_list = make_folds(target, folds, seed)
+
+    def score(X) -> tuple[float, float]:
+        per_fold = cross_validate(X, target.y, target.groups, target.kind, fold_list, config)
+        return float(np.mean([f["score"] for f in per_fold])), float(np.mean([f["baseline"] for f in per_fold]))
+
     out = []
     advance = stage(progress, "re-probing", len(layers), "layers")
-    for layer in layers:
-        X = store.read(str(layer), rows=rows, dtype=np.float64)
-        original, base = probe_scores(X, y, groups, concept.kind, folds, seed)
-        erased = {name: probe_scores(e(X, layer), y, groups, concept.kind, folds, seed)[0] for name, e in erasers.items()}
-        out.append(ReprobeLayer(int(layer), original, erased, base))
-        advance(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unconverged fits on erased (signal-free) rows are expected
+        for layer in layers:
+            X = store.read(str(layer), rows=target.rows, dtype=np.float64)
+            original, base = score(X)
+            erased = {name: score(e(X, layer))[0] for name, e in erasers.items()}
+            out.append(ReprobeLayer(int(layer), original, erased, base))
+            advance(1)
     metric, base_name = ("accuracy", "majority") if concept.kind == "classes" else ("r2", "mean")
-    return ReprobeResult(concept.name, metric, base_name, int(len(np.unique(groups))), int(len(rows)), folds, out)
+    return ReprobeResult(concept.name, metric, base_name, n_groups, int(len(target.rows)), folds, out)

@@ -12,15 +12,17 @@ text decodability, max(0, 1 - CER), against the medoid transcript of the trainin
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from interp.analysis.probing import (ProbeConfig, _one_thread_if_small, _score_fold, _span_features, _standardise,
-                                     can_stratify, control_labels, make_folds)
+from interp.analysis.fitted_probe import fit_probe
+from interp.analysis.probing import (ProbeConfig, can_stratify, control_labels, cross_validate, make_folds,
+                                     one_thread_if_small)
 from interp.analysis.targets import Target, build_target
+from interp.atomic import json_ready
 from interp.errors import InterpError
 from interp.progress import Progress, stage
 from interp.store import ActivationStore
@@ -61,23 +63,18 @@ class ProbeResult:
     n_positions: int
     classes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    probes: dict = field(default_factory=dict, repr=False)
+    """Layer -> `FittedProbe` fitted on every unit after the cross-validation (not for ctc)."""
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready data (NaN, e.g. an undefined chosen C, becomes None)."""
-        return _finite(asdict(self))
+        """Plain JSON-ready data (NaN, e.g. an undefined chosen C, becomes None); the fitted
+        probes are saved apart (`FittedProbe.save`)."""
+        out = json_ready(asdict(replace(self, probes={})))
+        del out["probes"]
+        return out
 
     def best(self) -> LayerScore:
         return max(self.layers, key=lambda s: -np.inf if np.isnan(s.score) else s.score)
-
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 METRIC = {"classification": ("accuracy", "majority"), "regression": ("r2", "mean"), "ctc": ("decodability", "medoid")}
@@ -112,29 +109,32 @@ def plan_probe(store: ActivationStore, target: str, layers: str | Sequence = "al
     return ProbePlan(store, tgt, names, folds, control_labels(tgt, folds, config.seed), config)
 
 
-def run_probe(plan: ProbePlan, progress: Progress | None = None) -> ProbeResult:
-    """Fit and score the plan's probes layer by layer, one layer's features in memory at a time."""
+def run_probe(plan: ProbePlan, progress: Progress | None = None, keep_probes: bool = True) -> ProbeResult:
+    """Fit and score the plan's probes layer by layer, one layer's features in memory at a time;
+    with `keep_probes`, also fit each layer's probe on every unit (`ProbeResult.probes`), so
+    its direction can be steered or ablated."""
     store, tgt, config = plan.store, plan.target, plan.config
     metric, baseline_name = METRIC[tgt.kind]
     n_positions = int(sum(len(r) for r in tgt.item_rows)) if tgt.kind == "ctc" else tgt.n_units
     bounds = np.concatenate([[0], np.cumsum([len(r) for r in tgt.item_rows])]) if tgt.kind == "ctc" else None
     notes = list(tgt.notes)
     advance = stage(progress, f"probe {tgt.name}", len(plan.layers), "layers")
-    scores = []
+    scores, probes = [], {}
     unconverged = 0
     for layer in plan.layers:
         X = layer_features(store, tgt, layer)
         if not np.all(np.isfinite(X)):
             raise InterpError(f"layer {layer} of {store.path} holds non-finite values (float16 overflow?); "
                               "re-trace with --dtype float32")
-        per_fold = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if tgt.kind == "ctc":
                 per_fold = _score_ctc_layer(tgt, X, bounds, plan.folds, plan.control, config)
-            for k, (train, test) in enumerate(plan.folds if tgt.kind != "ctc" else []):
-                Z = _span_features(_standardise(X, train), train)
-                per_fold.append(_score_fold(tgt, Z, np.asarray(tgt.y), plan.control, train, test, config, config.seed + k))
+            else:
+                per_fold = cross_validate(X, tgt.y, tgt.groups, tgt.kind, plan.folds, config, plan.control)
+            if keep_probes and tgt.kind != "ctc":
+                probes[layer] = fit_probe(X, tgt.y, tgt.groups, tgt.kind, config, layer, tgt.name,
+                                          str(store.attrs.get("model_fingerprint", "")), tgt.classes or None)
         unconverged += sum("converge" in str(w.message).lower() for w in caught)
         del X
         score = _summarise(layer, per_fold, len(tgt.items), n_positions)
@@ -143,17 +143,18 @@ def run_probe(plan: ProbePlan, progress: Progress | None = None) -> ProbeResult:
     if unconverged:
         notes.append(f"{unconverged} logistic fit(s) stopped at max_iter={config.max_iter} before converging")
     return ProbeResult(str(store.path), tgt.name, tgt.kind, metric, baseline_name, tgt.positions, config.folds,
-                       config.seed, scores, len(tgt.items), n_positions, tgt.classes, notes)
+                       config.seed, scores, len(tgt.items), n_positions, tgt.classes, notes, probes)
 
 
 def probe(store: ActivationStore | str | Path, target: str, layers: str | Sequence = "all", positions: str | None = None,
-          kind: str = "auto", config: ProbeConfig = ProbeConfig(), progress: Progress | None = None) -> ProbeResult:
+          kind: str = "auto", config: ProbeConfig = ProbeConfig(), progress: Progress | None = None,
+          keep_probes: bool = True) -> ProbeResult:
     """Fit and score one probe per layer for TARGET, with majority/mean and shuffled-label baselines
     on the same grouped folds (`plan_probe` then `run_probe`)."""
     own = not isinstance(store, ActivationStore)
     store = ActivationStore(store) if own else store
     try:
-        return run_probe(plan_probe(store, target, layers, positions, kind, config), progress)
+        return run_probe(plan_probe(store, target, layers, positions, kind, config), progress, keep_probes)
     finally:
         if own:
             store.close()
@@ -223,7 +224,7 @@ def _score_ctc_layer(target: Target, X: np.ndarray, bounds: np.ndarray, folds, y
     if config.ctc_method == "reference":
         return [_score_ctc_fold_reference(target, X, bounds, y_ctrl, tr, te, config, config.seed + k)
                 for k, (tr, te) in enumerate(folds)]
-    with _one_thread_if_small(X.size):
+    with one_thread_if_small(X.size):
         x = torch.as_tensor(X, dtype=torch.float32).to(config.device)
         train = [tr for tr, _ in folds for _ in (0, 1)]
         targets = [y for _ in folds for y in (target.y, y_ctrl)]
@@ -254,7 +255,7 @@ def _score_ctc_fold_reference(target: Target, X: np.ndarray, bounds: np.ndarray,
     """One fold with the reference heads (`fit_ctc_head`): probe, medoid and control."""
     from interp.analysis.ctc import cer
 
-    with _one_thread_if_small(X.size):
+    with one_thread_if_small(X.size):
         seqs = [X[bounds[k]:bounds[k + 1]] for k in range(len(target.items))]
         tr_x, te_x = [seqs[k] for k in train], [seqs[k] for k in test]
         refs = [target.y[k] for k in test]

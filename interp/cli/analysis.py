@@ -42,7 +42,7 @@ def probe_cmd(
     with ActivationStore(store) as st:
         plan = plan_probe(st, target, layers=layers, positions=positions, kind=kind, config=config)
         with StageBars() as progress:
-            result = run_probe(plan, progress=progress)
+            result = run_probe(plan, progress=progress, keep_probes=False)
     out = out or store.with_name(f"{store.stem}_probe_{target}").with_suffix(".json")
     plot = plot or out.with_suffix(".png")
     write_json(out, result.to_dict())

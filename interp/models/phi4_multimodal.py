@@ -89,6 +89,7 @@ class Phi4Multimodal(SpeechLM):
     unembed_path = "lm_head"
     embed_path = "model.embed_tokens"
     encoder_layers_path = "model.embed_tokens_extend.audio_embed.encoder.encoders"
+    projector_path = "model.embed_tokens_extend.audio_embed.down_proj_for_speech"  # up -> GELU -> down: the speech projector
     encoder_seconds_per_frame = 0.08  # encoder blocks run after the 8x time reduction
     seconds_per_audio_position = 0.08
     max_batch_size = 1  # padding leaks into the Conformer's activations (see the module docstring)

@@ -1,15 +1,13 @@
 """Qwen2-Audio (`Qwen2AudioForConditionalGeneration`): Whisper-style encoder, linear
 projector, Qwen2 decoder. Each `<|AUDIO|>` placeholder is replaced by one audio embedding;
-one audio position covers 40 ms (conv stride 2, then average pooling 2 over 10 ms mel frames)."""
+one audio position covers 40 ms (conv stride 2, then average pooling 2 over 10 ms mel frames,
+`Qwen2AudioEncoder._get_feat_extract_output_lengths`)."""
 
 from __future__ import annotations
 
-
-import numpy as np
 import torch
 
-from interp.models.base import (AudioSpan, Batch, EncoderProjectorDecoder, frame_times,
-                                spans_from_mask, whisper_pooled_positions)
+from interp.models.base import Batch, EncoderProjectorDecoder
 
 
 class Qwen2Audio(EncoderProjectorDecoder):
@@ -17,6 +15,7 @@ class Qwen2Audio(EncoderProjectorDecoder):
     description = "Qwen2-Audio-7B(-Instruct): Whisper-large encoder -> linear -> Qwen2-7B"
     model_types = ("qwen2_audio",)
     seconds_per_audio_position = 0.04
+    feature_mask_key = "feature_attention_mask"
 
     @classmethod
     def model_class(cls):
@@ -30,16 +29,10 @@ class Qwen2Audio(EncoderProjectorDecoder):
                                                      {"type": "text", "text": instruction}]}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
-    def prepare(self, waveforms, instructions, padding_side="right") -> Batch:
-        waveforms, durations, truncated = self.truncate(waveforms)
+    def processor_inputs(self, prompts, waveforms, padding_side):
         self.processor.tokenizer.padding_side = padding_side
-        inputs = self.processor(text=[self.prompt_text(t) for t in instructions], audio=list(waveforms),
-                                sampling_rate=self.sampling_rate, return_tensors="pt", padding=True)
-        counts = [whisper_pooled_positions(int(n)) for n in inputs["feature_attention_mask"].sum(-1)]
-        ids = inputs["input_ids"]
-        spans = spans_from_mask(ids == self.model.config.audio_token_id, counts, self.seconds_per_audio_position, durations)
-        batch = Batch(dict(inputs), ids, inputs["attention_mask"], spans, durations, truncated)
-        return batch.to(self.device, self.dtype)
+        return self.processor(text=prompts, audio=waveforms, sampling_rate=self.sampling_rate, return_tensors="pt",
+                              padding=True)
 
     def encoder_inputs(self, batch: Batch):
         # The encoder sees the full 30 s window (1500 frames after its stride-2 conv), and inside
@@ -50,16 +43,11 @@ class Qwen2Audio(EncoderProjectorDecoder):
         from transformers.masking_utils import create_bidirectional_mask
 
         feats = batch.inputs["input_features"]
-        tower = self.module("model.audio_tower")
-        lengths, _ = tower._get_feat_extract_output_lengths(batch.inputs["feature_attention_mask"].sum(-1))
+        lengths, _ = self.audio_lengths(batch.inputs)
         n_frames = (feats.shape[-1] - 2) // 2 + 1
         real = torch.arange(n_frames, device=lengths.device)[None, :] < lengths[:, None]
-        mask = create_bidirectional_mask(config=tower.config,
+        mask = create_bidirectional_mask(config=self.module(self.audio_tower_path).config,
                                          inputs_embeds=torch.zeros(feats.shape[0], n_frames, 1, dtype=self.dtype,
                                                                    device=feats.device),
                                          attention_mask=real.long())
-        spans = []
-        for n, d in zip(lengths.tolist(), batch.durations):
-            start, end = frame_times(int(n), self.encoder_seconds_per_frame, min(d, self.max_audio_seconds))
-            spans.append(AudioSpan(np.arange(int(n), dtype=np.int64), start, end))
-        return {"input_features": feats, "attention_mask": mask}, spans
+        return {"input_features": feats, "attention_mask": mask}, self.encoder_frames(batch)

@@ -37,6 +37,7 @@ class Ultravox(SpeechLM):
     unembed_path = "language_model.lm_head"
     embed_path = "language_model.model.embed_tokens"
     encoder_layers_path = "audio_tower.layers"
+    projector_path = "multi_modal_projector"
     encoder_seconds_per_frame = 0.02
     seconds_per_audio_position = 0.16
     names_base_models = True

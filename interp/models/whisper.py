@@ -47,6 +47,7 @@ class Whisper(SpeechLM):
     unembed_path = "proj_out"
     embed_path = "model.decoder.embed_tokens"
     encoder_layers_path = "model.encoder.layers"
+    mlp_name = "fc2"  # Whisper's blocks have no MLP module: fc1 -> activation -> fc2, whose output is the MLP's
     encoder_seconds_per_frame = 0.02
     seconds_per_audio_position = 0.02  # encoder frames; the decoder stream holds no audio
     max_audio_seconds = 30.0

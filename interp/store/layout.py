@@ -15,11 +15,15 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
+from interp.atomic import json_ready
+
 FORMAT = "interp-activations"
 FORMAT_VERSION = 2
 STR = h5py.string_dtype("utf-8")
 ITEM_FIELDS = {"id": STR, "task": STR, "label": STR, "transcript": STR, "snr_db": "f8", "audio_seconds": "f8",
-               "truncated": "bool", "n_positions": "i8", "meta": STR, "input_fingerprint": STR}
+               "truncated": "bool", "n_positions": "i8", "meta": STR, "input_fingerprint": STR, "instruction": STR}
+#: columns later versions added (stores written before them lack them; readers and writers fill in "")
+ADDED_ITEM_FIELDS = ("input_fingerprint", "instruction")
 POSITION_FIELDS = {"token_id": "i8", "index": "i8", "is_audio": "bool", "time_start": "f8", "time_end": "f8"}
 OPEN_PARTS = 32  #: part files a reader keeps open at once
 
@@ -43,6 +47,7 @@ class ItemRecord:
     audio_seconds: float
     truncated: bool
     input_fingerprint: str = ""  #: `interp.fingerprint.input_fingerprint` of the item's audio and instruction
+    instruction: str = ""  #: the instruction sent with the item's audio (what `ActivationStore.batch` rebuilds)
 
 
 def parts_folder(path: Path, store_id: str) -> Path:
@@ -103,8 +108,9 @@ def item_columns(records: Sequence[ItemRecord]) -> dict[str, list]:
         "audio_seconds": [float(r.audio_seconds) for r in records],
         "truncated": [bool(r.truncated) for r in records],
         "n_positions": [int(len(r.token_id)) for r in records],
-        "meta": [json.dumps(r.row, default=str) for r in records],
+        "meta": [json.dumps(json_ready(r.row, strict=False)) for r in records],
         "input_fingerprint": [str(r.input_fingerprint or "") for r in records],
+        "instruction": [str(r.instruction or "") for r in records],
     }
 
 
@@ -154,7 +160,7 @@ def human_size(n: int) -> str:
 
 def attr_value(v):
     if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, default=str)
+        return json.dumps(json_ready(v, strict=False))
     if v is None:
         return ""
     return v

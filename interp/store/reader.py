@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -84,8 +85,6 @@ class ActivationStore:
         except BaseException:
             self.close()
             raise
-        self._items = None
-        self._positions = None
 
     def _read_header(self) -> None:
         if self.file.attrs.get("format") != FORMAT:
@@ -172,20 +171,18 @@ class ActivationStore:
 
     # ---- items and positions ---------------------------------------------------------
 
-    @property
+    @cached_property
     def items(self) -> dict[str, np.ndarray]:
         """Per-item columns (id, task, label, transcript, snr_db, audio_seconds, ...)."""
-        if self._items is None:
-            out = {}
-            for name in ITEM_FIELDS:
-                if name not in self.file["items"]:
-                    continue  # stores of format 1 have no input fingerprints
-                v = self.file["items"][name][: self.n_items]
-                if h5py.check_string_dtype(self.file["items"][name].dtype):
-                    v = np.array([s.decode() if isinstance(s, bytes) else s for s in v], dtype=object)
-                out[name] = v
-            self._items = out
-        return self._items
+        out = {}
+        for name in ITEM_FIELDS:
+            if name not in self.file["items"]:
+                continue  # older stores lack later columns (format 1: input fingerprints)
+            v = self.file["items"][name][: self.n_items]
+            if h5py.check_string_dtype(self.file["items"][name].dtype):
+                v = np.array([s.decode() if isinstance(s, bytes) else s for s in v], dtype=object)
+            out[name] = v
+        return out
 
     @property
     def ids(self) -> list[str]:
@@ -205,7 +202,7 @@ class ActivationStore:
         return np.array(values, dtype=object)
 
     def item_fields(self) -> list[str]:
-        keys = {k for k in ITEM_FIELDS if k not in ("meta", "truncated", "n_positions", "input_fingerprint")}
+        keys = {k for k in ITEM_FIELDS if k not in ("meta", "truncated", "n_positions", "input_fingerprint", "instruction")}
         for i in range(min(self.n_items, 50)):
             keys.update(k for k, v in self.meta(i).items() if v is not None)
         return sorted(keys)
@@ -215,12 +212,10 @@ class ActivationStore:
             return _PartsDataset(self, key)
         return self.file[key]
 
-    @property
+    @cached_property
     def positions(self) -> dict[str, np.ndarray]:
         """Per-row columns: token_id, index, is_audio, time_start, time_end."""
-        if self._positions is None:
-            self._positions = {name: self._dataset_of(f"positions/{name}")[: self.n_rows] for name in POSITION_FIELDS}
-        return self._positions
+        return {name: self._dataset_of(f"positions/{name}")[: self.n_rows] for name in POSITION_FIELDS}
 
     def select(self, ids: Sequence[str] | None = None, task: str | None = None, label: str | None = None) -> np.ndarray:
         """Indices of items matching all the given filters."""
@@ -331,17 +326,38 @@ class ActivationStore:
                 pos += 1
         return out
 
-    def to_transformer_lens(self, items=None, audio_only: bool = False) -> dict:
-        """Activations under TransformerLens hook names, as torch tensors (n_rows, d_model).
+    # ---- what produced it, and views for other tools -----------------------------------
 
-        `resid/{i}` -> `blocks.{i}.hook_resid_post`; `resid/embed` -> `blocks.0.hook_resid_pre`.
-        """
-        rows = self.rows(items, audio_only=audio_only)
-        out = {}
-        for layer in self.layers:
-            name = "blocks.0.hook_resid_pre" if layer == "embed" else f"blocks.{layer}.hook_resid_post"
-            out[name] = self.read(layer, rows=rows, torch=True)
-        return out
+    def batch(self, adapter, items: Sequence[int], padding_side: str = "right"):
+        """The model inputs that produced these items: each item's audio (from its manifest
+        row) and the instruction recorded with it, prepared by `adapter` as `interp trace`
+        prepared them. Refuses a model other than the store's."""
+        from interp.audio import load_audio
+        from interp.fingerprint import check_model
+        from interp.store.export import check_items
+
+        check_model(self.attrs, adapter.fingerprint(), adapter.runtime_dtype, f"store {self.path.name}",
+                    f"the model at {adapter.path}", "give the model the store was traced with")
+        items = check_items(self, items)
+        if "instruction" not in self.items:
+            raise InterpError(f"store {self.path.name} was traced before stores recorded each item's instruction; "
+                              "trace it again to rebuild its batches")
+        waves = [load_audio(self.meta(int(i))["audio"], adapter.sampling_rate) for i in items]
+        return adapter.prepare(waves, [str(self.items["instruction"][i]) for i in items], padding_side=padding_side)
+
+    def to_transformer_lens(self, items=None, layers="all", positions: str = "all"):
+        """A TransformerLens-shaped cache: hook name -> (batch, pos, d_model) tensor, one batch
+        row per item, with `.mask` of its stored positions (`interp.store.export`)."""
+        from interp.store.export import to_transformer_lens
+
+        return to_transformer_lens(self, items, layers, positions)
+
+    def to_hf_dataset(self, layer, path, context_size: int = 128, positions: str = "all", items=None,
+                      overwrite: bool = False, progress=None):
+        """One layer as SAELens' cached-activation dataset at `path` (`interp.store.export`)."""
+        from interp.store.export import to_hf_dataset
+
+        return to_hf_dataset(self, layer, path, context_size, positions, items, overwrite, progress)
 
 
 def _read_rows(ds, rows: np.ndarray) -> np.ndarray:

@@ -46,7 +46,9 @@ class StoreWriter:
                                       "version cannot append to; it stays readable, or trace it again with --overwrite")
                 if version > FORMAT_VERSION:
                     raise InterpError(f"{self.path} has store format {version}; this interp writes up to {FORMAT_VERSION}: upgrade interp")
-                columns = {name: decode_strings(f["items"][name][()]) for name in ITEM_FIELDS}
+                n = int(f["items/offsets"].shape[0]) - 1
+                columns = {name: decode_strings(f["items"][name][()]) if name in f["items"] else [""] * n
+                           for name in ITEM_FIELDS}
                 offsets = f["items/offsets"][()].astype(np.int64)
                 parts = [] if attrs.get("layout") == "single" else list(zip(
                     decode_strings(f["parts/file"][()]), f["parts/n_items"][()].tolist(), f["parts/n_rows"][()].tolist()))

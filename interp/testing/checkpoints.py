@@ -23,6 +23,16 @@ def _decoder(model_type: str, tok, d_model: int, n_layers: int, **extra) -> dict
                 max_position_embeddings=4096, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
 
 
+def _build(model_class, config, tok, processor, out, seed: int, chatml: bool = True) -> Path:
+    """Seeded random weights of `model_class(config)`, greedy-ready generation config, saved with its processor."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    if chatml:  # ChatML turns end with <|im_end|>
+        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return _save(model, processor, out)
+
+
 def _save(model, processor, out) -> Path:
     out = Path(out)
     model.save_pretrained(out)
@@ -43,11 +53,7 @@ def qwen2_audio(out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encode
         audio_config=dict(d_model=encoder_d_model, encoder_layers=encoder_layers, encoder_attention_heads=4,
                           encoder_ffn_dim=2 * encoder_d_model, num_mel_bins=128),
         text_config=_decoder("qwen2", tok, d_model, n_layers), audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"))
-    torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return _save(model, processor, out)
+    return _build(Qwen2AudioForConditionalGeneration, config, tok, processor, out, seed)
 
 
 def audioflamingo3(out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
@@ -64,11 +70,7 @@ def audioflamingo3(out, seed: int = 0, d_model: int = 64, n_layers: int = 4, enc
         audio_config=dict(hidden_size=encoder_d_model, intermediate_size=2 * encoder_d_model,
                           num_hidden_layers=encoder_layers, num_attention_heads=4, num_mel_bins=128),
         text_config=_decoder("qwen2", tok, d_model, n_layers), audio_token_id=tok.convert_tokens_to_ids("<sound>"))
-    torch.manual_seed(seed)
-    model = AudioFlamingo3ForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return _save(model, processor, out)
+    return _build(AudioFlamingo3ForConditionalGeneration, config, tok, processor, out, seed)
 
 
 def voxtral(out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
@@ -91,10 +93,7 @@ def voxtral(out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_la
                           num_hidden_layers=encoder_layers, num_attention_heads=4, num_mel_bins=128),
         text_config=_decoder("llama", tok, d_model, n_layers, head_dim=d_model // heads, bos_token_id=tok.bos_token_id),
         audio_token_id=24)
-    torch.manual_seed(seed)
-    model = VoxtralForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return _save(model, processor, out)
+    return _build(VoxtralForConditionalGeneration, config, tok, processor, out, seed, chatml=False)
 
 
 def phi4_multimodal(out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
@@ -120,11 +119,8 @@ def phi4_multimodal(out, seed: int = 0, d_model: int = 64, n_layers: int = 4, en
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_token_id=tok.image_token_id),
     )
-    torch.manual_seed(seed)
-    model = Phi4MultimodalForCausalLM(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
     extractor = Phi4MultimodalFeatureExtractor(audio_compression_rate=config.audio_config.time_reduction)
-    return _save(model, Phi4AudioProcessor(extractor, tok), out)
+    return _build(Phi4MultimodalForCausalLM, config, tok, Phi4AudioProcessor(extractor, tok), out, seed, chatml=False)
 
 
 def whisper(out, seed: int = 0, d_model: int = 32, encoder_layers: int = 2, decoder_layers: int = 2,
