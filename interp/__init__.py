@@ -2,9 +2,8 @@
 
 The names a researcher needs are here, imported on first use (so `import interp` stays light):
 
->>> import interp                                                         # doctest: +SKIP
->>> from interp.testing import make_tiny                                  # doctest: +SKIP
->>> model = interp.load_model(make_tiny("qwen2-audio", "tiny"), device="cpu")            # doctest: +SKIP
+>>> import interp                                                                       # doctest: +SKIP
+>>> model = interp.load_model(interp.make_tiny("qwen2-audio", "tiny"), device="cpu")    # doctest: +SKIP
 >>> interp.trace(model, rows, "acts.h5", layers="all", positions="audio")               # doctest: +SKIP
 >>> with interp.ActivationStore("acts.h5") as store:                                    # doctest: +SKIP
 ...     X, y = store.pooled(2), store.field("label")
@@ -34,6 +33,7 @@ _API = {
     "fit_probe": "interp.analysis.fitted_probe", "FittedProbe": "interp.analysis.fitted_probe",
     "fit_eraser": "interp.analysis.leace", "Eraser": "interp.analysis.leace",
     "logit_lens": "interp.analysis.lens",
+    "load_audio": "interp.audio", "read_manifest": "interp.manifest", "make_tiny": "interp.testing",
 }
 
 __all__ = ["__version__", "trace", *_API]

@@ -261,3 +261,37 @@ def json_ready(obj, strict: bool = True):
     if strict:
         raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
     return str(obj)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, meta: dict) -> Path:
+    """One .safetensors file of torch tensors with `meta` as JSON (key "interp"), written whole or
+    not at all: how fitted objects (erasers, probes) are saved."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp),
+                  metadata={"interp": json.dumps(json_ready(meta, strict=False))})
+    return path
+
+
+def read_safetensors(path: str | os.PathLike, what: str, format: str, version: int,
+                     framework: str = "pt") -> tuple[dict, dict]:
+    """(tensors, metadata) of a file `write_safetensors` wrote for a `format` of at most
+    `version`; one line naming `what` for a missing, unreadable or foreign file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InterpError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework) as f:
+            meta = json.loads((f.metadata() or {}).get("interp", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise InterpError(f"cannot read {what} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if meta.get("format") != format:
+        raise InterpError(f"{path} is not an interp {what} (no format='{format}' metadata)")
+    if int(meta.get("format_version", 0)) > version:
+        raise InterpError(f"{path} has {what} format {meta['format_version']}; this interp reads up to {version}")
+    return tensors, meta

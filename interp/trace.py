@@ -4,7 +4,10 @@
 requested block (and `embed`, the input of block 0: embeddings with audio merged in).
 `trace` drives a whole manifest through it: batches are prepared and run on the main
 thread while a writer thread appends finished batches to the store, so disk I/O overlaps
-compute and memory holds at most a couple of batches whatever the number of items.
+compute and memory holds at most a couple of batches whatever the number of items. The
+instruction sent with each item's audio is `prompt` (text for all, a function of the manifest
+row such as `tasks.speech_prompt`, or None: the row's own `instruction`, else a neutral one),
+and the store records it per item. The module is callable: `interp.trace(model, rows, out)`.
 """
 
 from __future__ import annotations

@@ -121,7 +121,19 @@ def test_many_small_classes_still_run(tmp_path):
              for i in range(12)]
     path = make_store(tmp_path / "small.h5", items, ["0"], 6)
     result = probe(path, "label", config=ProbeConfig(folds=3))
-    assert len(result.layers) == 1 and 0.0 <= result.layers[0].score <= 1.0
+    (layer,) = result.layers
+    with ActivationStore(path) as store:
+        target = build_target(store, "label")
+        folds = make_folds(target, 3, seed=0)
+    # each fold's accuracy counts that fold's test items; the baseline is the training fold's
+    # majority class, computed here independently of the probe code
+    sizes = [len(test) for _, test in folds]
+    assert sorted(sizes) == [4, 4, 4] and len(layer.fold_scores) == 3
+    assert all(abs(s * n - round(s * n)) < 1e-9 for s, n in zip(layer.fold_scores, sizes))
+    assert layer.score == pytest.approx(np.mean(layer.fold_scores))
+    y = np.asarray(target.y)
+    majority = [np.mean(y[test] == np.bincount(y[train]).argmax()) for train, test in folds]
+    assert layer.baseline == pytest.approx(np.mean(majority))
     assert any("not stratified" in n for n in result.notes)
     json.dumps(result.to_dict(), allow_nan=False)
 

@@ -16,7 +16,6 @@ metadata, like erasers.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -128,33 +127,17 @@ class FittedProbe:
     def save(self, path) -> Path:
         """One .safetensors file: coef, intercept, mean, scale, plus the metadata as JSON."""
         import torch
-        from safetensors.torch import save_file
 
-        from interp.atomic import atomic_path, json_ready
+        from interp.atomic import write_safetensors
 
-        path = Path(path)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in ("coef", "intercept", "mean", "scale")}
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"interp": json.dumps(json_ready(self.describe(), strict=False))})
-        return path
+        return write_safetensors(path, tensors, self.describe())
 
     @classmethod
     def load(cls, path) -> "FittedProbe":
-        from safetensors import SafetensorError, safe_open
+        from interp.atomic import read_safetensors
 
-        path = Path(path)
-        if not path.is_file():
-            raise InterpError(f"probe not found: {path}")
-        try:
-            with safe_open(str(path), "np") as f:
-                meta = json.loads((f.metadata() or {}).get("interp", "{}"))
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, json.JSONDecodeError) as e:
-            raise InterpError(f"cannot read probe {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        if meta.get("format") != FORMAT:
-            raise InterpError(f"{path} is not an interp probe (no format='{FORMAT}' metadata)")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise InterpError(f"{path} has probe format {meta['format_version']}; this interp reads up to {FORMAT_VERSION}")
+        tensors, meta = read_safetensors(path, "probe", FORMAT, FORMAT_VERSION, framework="np")
         return cls(meta["kind"], tensors["coef"], tensors["intercept"], tensors["mean"], tensors["scale"],
                    meta.get("classes", ()), meta.get("layer"), meta.get("target", ""), meta.get("model_fingerprint", ""),
                    meta.get("meta", {}))

@@ -19,7 +19,6 @@ on their scale, but its `svd_tol` cut on singular values does, and standardised 
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from dataclasses import dataclass, field, replace
@@ -174,39 +173,21 @@ class Eraser:
 
     def save(self, path) -> Path:
         """Write one .safetensors file: `{layer}.proj_left|proj_right|bias` plus the metadata as JSON."""
-        from safetensors.torch import save_file
+        from interp.atomic import write_safetensors
 
-        from interp.atomic import atomic_path, json_ready
-
-        path = Path(path)
         tensors = {}
         for layer, e in self.layer_erasers.items():
-            tensors[f"{layer}.proj_left"] = e.proj_left.detach().cpu().contiguous().clone()
-            tensors[f"{layer}.proj_right"] = e.proj_right.detach().cpu().contiguous().clone()
+            tensors[f"{layer}.proj_left"], tensors[f"{layer}.proj_right"] = e.proj_left, e.proj_right
             if e.bias is not None:
-                tensors[f"{layer}.bias"] = e.bias.detach().cpu().contiguous().clone()
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"interp": json.dumps(json_ready(self.describe(), strict=False))})
-        return path
+                tensors[f"{layer}.bias"] = e.bias
+        return write_safetensors(path, tensors, self.describe())
 
     @classmethod
     def load(cls, path, adapter=None) -> "Eraser":
         """Read an eraser written by `save`; with `adapter`, refuse it unless it fits that model."""
-        from safetensors import SafetensorError, safe_open
+        from interp.atomic import read_safetensors
 
-        path = Path(path)
-        if not path.is_file():
-            raise InterpError(f"eraser not found: {path}")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads((f.metadata() or {}).get("interp", "{}"))
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, json.JSONDecodeError) as e:
-            raise InterpError(f"cannot read eraser {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        if meta.get("format") != FORMAT:
-            raise InterpError(f"{path} is not an interp eraser (no format='{FORMAT}' metadata)")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise InterpError(f"{path} has eraser format {meta['format_version']}; this interp reads up to {FORMAT_VERSION}")
+        tensors, meta = read_safetensors(path, "eraser", FORMAT, FORMAT_VERSION)
         layers = {int(l): LayerEraser(tensors[f"{l}.proj_left"], tensors[f"{l}.proj_right"], tensors.get(f"{l}.bias"))
                   for l in meta["layers"]}
         eraser = cls(layers, meta["concept"], meta.get("model_fingerprint", ""), meta["family"], int(meta["d_model"]),
