@@ -37,7 +37,7 @@ MAX_STRENGTH = 5.0  #: the last layer's character signal, in units of the noise'
 
 def vocabulary() -> list[str]:
     """Words of the bundled SST-2 and AG News samples, normalised as probes read transcripts."""
-    from interp.probes import normalise_text
+    from interp.text import normalise_text
 
     samples = ROOT / "tasks" / "samples"
     with open(samples / "sst2.tsv", newline="") as f:
@@ -108,7 +108,8 @@ def main() -> None:
 
     import torch
 
-    from interp.probes import ProbeConfig, probe
+    from interp.analysis.probing import ProbeConfig
+    from interp.analysis.sweep import probe
     from interp.store import ActivationStore
 
     if args.threads:
@@ -121,13 +122,14 @@ def main() -> None:
     cpu0, t0 = time.process_time(), time.perf_counter()
     per_layer = []
 
-    def tick(score):
+    def tick(n=1):
         per_layer.append(time.perf_counter() - t0)
-        print(f"  layer {score.layer}: decodability {score.score:.3f} +- {score.spread:.3f} (control {score.control:.3f}, "
-              f"medoid {score.baseline:.3f}; epochs {score.extra.get('epochs', float('nan')):.1f}) at {per_layer[-1]:.0f} s",
-              flush=True)
+        print(f"  layer {len(per_layer)} done at {per_layer[-1]:.0f} s", flush=True)
 
-    result = probe(store, "ctc", layers="all", config=config, on_layer=tick)
+    result = probe(store, "ctc", layers="all", config=config, progress=lambda *_: tick)
+    for score in result.layers:
+        print(f"  layer {score.layer}: decodability {score.score:.3f} +- {score.spread:.3f} (control {score.control:.3f}, "
+              f"medoid {score.baseline:.3f}; epochs {score.extra.get('epochs', float('nan')):.1f})")
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     one_layer = n_rows * args.dim * 4 / 2**20

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp.erasure import Eraser, LayerEraser, fit_eraser  # noqa: E402
+from interp.analysis.leace import Eraser, LayerEraser, fit_eraser  # noqa: E402
 from interp.store import ActivationStore, ItemRecord, StoreWriter  # noqa: E402
 
 N_LAYERS = 9
@@ -135,10 +135,10 @@ def _sync():
 def bench_forward(folder: Path, device: str, repeats: int, rank: int = 32, new_tokens: int = 8) -> dict:
     from interp.interventions import Erase
     from interp.models import load_model
-    from interp.models.qwen2_audio import Qwen2Audio
+    from interp.testing import make_tiny
     from interp.forward import run
 
-    model_dir = Qwen2Audio.make_tiny(folder / "model", d_model=512, n_layers=8, encoder_layers=4, encoder_d_model=512)
+    model_dir = make_tiny("qwen2-audio", folder / "model", d_model=512, n_layers=8, encoder_layers=4, encoder_d_model=512)
     adapter = load_model(model_dir, device=device)
     rng = np.random.default_rng(0)
     t = np.arange(5 * 16000) / 16000

@@ -66,17 +66,18 @@ def main() -> None:
                         "--layers", str(args.layers), "--dim", str(args.dim), "--classes", str(args.classes)], check=True)
         print(f"wrote {store} ({store.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
 
-    from interp.probes import ProbeConfig, probe
+    from interp.analysis.probing import ProbeConfig
+    from interp.analysis.sweep import probe
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     per_layer = []
 
-    def tick(score):
+    def tick(n=1):
         per_layer.append(time.perf_counter() - t0)
 
     result = probe(store, "label", layers="all", positions="audio-mean", config=ProbeConfig(folds=args.folds),
-                   on_layer=tick)
+                   progress=lambda *_: tick)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     one_layer = args.items * args.dim * 4 / 2**20

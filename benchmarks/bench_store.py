@@ -117,7 +117,7 @@ def bench_index(sizes=(1000, 6300, 25000)) -> dict:
 
 
 def bench_predictions(folder: Path, n: int = 6300) -> dict:
-    from cascades.runner import PredictionsFile
+    from cascades.predictions import PredictionsFile
     from interp.atomic import write_jsonl
 
     line = {"id": "", "task": "agnews", "system": "model", "snr_db": None, "output": "World", "prediction": "world",

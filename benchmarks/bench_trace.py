@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from interp.audio import load_audio, write_wav  # noqa: E402
 from interp.manifest import read_manifest  # noqa: E402
 from interp.models import load_model  # noqa: E402
-from interp.models.qwen2_audio import Qwen2Audio  # noqa: E402
-from interp.trace import DEFAULT_INSTRUCTION, parse_layers, record, trace  # noqa: E402
+from interp.testing import make_tiny  # noqa: E402
+from interp.layers import parse_layers  # noqa: E402
+from interp.trace import DEFAULT_INSTRUCTION, record, trace  # noqa: E402
 
 
 def make_data(folder: Path, n: int, seconds: float = 5.0) -> Path:
@@ -148,7 +149,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     work = Path(tempfile.mkdtemp(prefix="bench-trace-"))
-    model_dir = Qwen2Audio.make_tiny(work / "model", d_model=args.d_model, n_layers=args.layers, encoder_layers=4,
+    model_dir = make_tiny("qwen2-audio", work / "model", d_model=args.d_model, n_layers=args.layers, encoder_layers=4,
                                      encoder_d_model=args.d_model)
     manifest = make_data(work / "data", max(args.items, 512 if args.memory else 0))
     rows = read_manifest(manifest, limit=args.items)

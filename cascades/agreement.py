@@ -4,7 +4,8 @@ Pure functions on per-item arrays (answers, labels, correctness); no files, no p
 These are the paper's behavioural statistics: Cohen's kappa on per-item answers with a
 paired bootstrap interval, raw agreement, conditional error overlap
 P(same wrong answer | both wrong), McNemar's exact test on correctness, Wilson intervals
-for accuracy, and Benjamini-Hochberg FDR adjustment across comparisons.
+for accuracy (and `accuracy_table`, accuracy per system, task and noise condition), and
+Benjamini-Hochberg FDR adjustment across comparisons.
 
 Answers are compared as given: the prediction "unparsed" is an answer category of its
 own for kappa and error overlap (two systems that both fail to parse agree on *how* they
@@ -19,6 +20,7 @@ from typing import Hashable, Sequence
 import numpy as np
 from scipy import stats
 
+from tasks.noise import snr_order
 from tasks.parse import UNPARSED  # the parsers' "no usable answer"; re-exported here
 
 # Bootstrap index matrices are built this many elements at a time: large enough to stay
@@ -167,7 +169,8 @@ def bootstrap_kappa_ci(
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n; (NaN, NaN) when n is 0.
+    """Wilson score interval for a proportion k/n (scipy's `binomtest(k, n).proportion_ci`);
+    (NaN, NaN) when n is 0.
 
     Wilson rather than the normal approximation because accuracies near 0 or 1 and small
     per-SNR cells are common here, where the Wald interval leaves [0, 1] or collapses.
@@ -176,15 +179,8 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return float("nan"), float("nan")
-    z = stats.norm.ppf(1 - (1 - confidence) / 2)
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # exact bounds at the edges (the formula leaves ~1e-17 of rounding there)
-    low = 0.0 if k == 0 else max(0.0, center - half)
-    high = 1.0 if k == n else min(1.0, center + half)
-    return float(low), float(high)
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def error_overlap_given_correct(
@@ -245,20 +241,30 @@ def mcnemar_discordant(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> 
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg FDR-adjusted p-values (q-values), in the input order.
+    """Benjamini-Hochberg FDR-adjusted p-values (q-values), in the input order
+    (scipy's `false_discovery_control`).
 
     NaN p-values (tests that could not be run) stay NaN and do not count towards the
     number of tests m.
     """
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(~np.isnan(p))
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    # q_(i) = min over j >= i of p_(j) * m / j: a running minimum from the largest p down.
-    q = np.minimum.accumulate(scaled[::-1])[::-1]
-    out[order] = np.minimum(q, 1.0)
+    finite = ~np.isnan(p)
+    if finite.any():
+        out[finite] = stats.false_discovery_control(p[finite], method="bh")
     return out
+
+
+def accuracy_table(preds: Sequence[dict]) -> list[dict]:
+    """Per system, task and SNR: n, accuracy with a Wilson 95% interval, unparsed count."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in preds:
+        groups.setdefault((p["system"], p["task"], p.get("snr_db")), []).append(p)
+    table = []
+    for (system, task, snr), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], snr_order(kv[0][2]))):
+        k = sum(bool(p["correct"]) for p in ps)
+        lo, hi = wilson_interval(k, len(ps))
+        table.append({"system": system, "task": task, "snr_db": snr, "n": len(ps), "correct": k,
+                      "accuracy": k / len(ps), "ci_low": lo, "ci_high": hi,
+                      "unparsed": sum(p["prediction"] == "unparsed" for p in ps)})
+    return table

@@ -15,7 +15,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cascades.compare import Report, format_snr, format_task
+from cascades.compare import Report
+from cascades.report import format_task
+from tasks.noise import format_snr
 from interp.atomic import atomic_path
 
 KAPPA_PNG = "kappa_by_task.png"

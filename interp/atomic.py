@@ -61,7 +61,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_text(path, json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -69,7 +69,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def json_line(row: dict) -> str:
-    return json.dumps(row, default=_json_default) + "\n"
+    return json.dumps(json_ready(row), allow_nan=False) + "\n"
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -175,16 +175,7 @@ def staged_folder(out: str | os.PathLike, overwrite: bool = False, what: str = "
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InterpError(f"{what} {out} is not empty; choose a new folder or pass --overwrite to replace it")
     parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        for old in parent.glob(f".{out.name}.new-*"):
-            if is_stale(old.name.rsplit(".new-", 1)[1].rsplit(".", 1)[0]):
-                shutil.rmtree(old, ignore_errors=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-{owner_tag()}.", dir=parent))
-    except OSError as e:
-        err = io_error(e, parent)
-        raise (err if isinstance(err, InterpError) else InterpError(
-            f"cannot write {out}: {e.strerror}; choose a writable {what}")) from None
+    stage = private_stage(parent, f".{out.name}.new-", out, f"choose a writable {what}")
     try:
         yield stage
         os.chmod(stage, 0o777 & ~_umask())
@@ -204,6 +195,22 @@ def staged_folder(out: str | os.PathLike, overwrite: bool = False, what: str = "
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def private_stage(parent: Path, prefix: str, where: Path, fix: str) -> Path:
+    """A new folder `parent/{prefix}{host-pid}.XXXX` of this process, after removing the ones
+    that processes of this host left behind when they died; a failure is one line naming
+    `where` and `fix`."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for old in parent.glob(f"{prefix}*"):
+            if old.is_dir() and is_stale(old.name[len(prefix):].rsplit(".", 1)[0]):
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}.", dir=parent))
+    except OSError as e:
+        err = io_error(e, parent)
+        raise (err if isinstance(err, InterpError) else InterpError(
+            f"cannot write {where}: {e.strerror}; {fix}")) from None
 
 
 def _umask() -> int:
@@ -226,13 +233,65 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def _json_default(o):
+def json_ready(obj, strict: bool = True):
+    """Plain JSON data, the one way everything the toolkit writes as JSON is made so: NaN and
+    infinities become null (JSON has neither), numpy scalars and arrays Python numbers and
+    lists, paths strings, mappings dicts, tuples lists. An object of any other type is an error
+    (`strict`, the default: a bug to fix) or its `str` (for third-party values such as the
+    settings of a generation config)."""
+    import math
+    from collections.abc import Mapping
+
     import numpy as np
 
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    if isinstance(obj, (str, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v, strict) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [json_ready(v, strict) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if strict:
+        raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return str(obj)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, meta: dict) -> Path:
+    """One .safetensors file of torch tensors with `meta` as JSON (key "interp"), written whole or
+    not at all: how fitted objects (erasers, probes) are saved."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp),
+                  metadata={"interp": json.dumps(json_ready(meta, strict=False))})
+    return path
+
+
+def read_safetensors(path: str | os.PathLike, what: str, format: str, version: int,
+                     framework: str = "pt") -> tuple[dict, dict]:
+    """(tensors, metadata) of a file `write_safetensors` wrote for a `format` of at most
+    `version`; one line naming `what` for a missing, unreadable or foreign file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InterpError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework) as f:
+            meta = json.loads((f.metadata() or {}).get("interp", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise InterpError(f"cannot read {what} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if meta.get("format") != format:
+        raise InterpError(f"{path} is not an interp {what} (no format='{format}' metadata)")
+    if int(meta.get("format_version", 0)) > version:
+        raise InterpError(f"{path} has {what} format {meta['format_version']}; this interp reads up to {version}")
+    return tensors, meta

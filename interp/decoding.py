@@ -17,6 +17,8 @@ import copy
 
 import torch
 
+from interp.atomic import json_ready
+
 #: generate() arguments of plain greedy decoding, overriding whatever a checkpoint ships
 GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
               no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0)
@@ -53,7 +55,7 @@ def decoding_settings(model: torch.nn.Module, generate_kwargs: dict, dtype: torc
     fields = dict(_GREEDY_FIELDS)
     if values.get("do_sample"):
         fields |= _SAMPLING_FIELDS
-    full = {key: off if values.get(key) is None else _plain(values[key]) for key, off in fields.items()}
+    full = {key: off if values.get(key) is None else json_ready(values[key], strict=False) for key, off in fields.items()}
     strategy = "sample" if full["do_sample"] else ("beam" if full["num_beams"] > 1 else "greedy")
     # Compact: the core settings always, any other only where it is not off.
     out = {"strategy": strategy}
@@ -63,18 +65,6 @@ def decoding_settings(model: torch.nn.Module, generate_kwargs: dict, dtype: torc
         dtype = p.dtype if p is not None else None
     out["dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
     return out
-
-
-def _plain(value):
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, float):
-        return value
-    return str(value)
 
 
 def differences(a: dict, b: dict) -> dict[str, tuple]:

@@ -2,9 +2,10 @@
 interventions=[...], generate=True)` (this module's `run`, exported by the package).
 
 With no interventions it is a plain forward / `generate` call. With interventions it is one
-nnsight trace whose body visits the decoder blocks in order and lets each intervention
-rewrite its layer's output; under generation the body runs for every step (`tracer.all()`),
-the prompt pass and each new token alike. Generated ids are collected with a streamer, so
+nnsight trace whose body visits the named sites the interventions act at (`interp.sites`), in
+the order the model computes them, and lets each intervention rewrite its rows; under
+generation the body runs for every step (`tracer.all()`), the prompt pass and each new token
+alike, and each intervention acts on the steps it names. Generated ids are collected with a streamer, so
 they come back even though the step loop is open-ended. The adapter's `generated` turns what
 `generate` returned, or what the streamer saw, into (prompt + new ids, new ids), so both paths
 return what the family's own `generate` does (Whisper's returns the new tokens alone).
@@ -20,8 +21,10 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from interp.decoding import decoding_settings, greedy_kwargs
-from interp.interventions import Intervention, StepContext, position_masks
+from interp.interventions import Intervention
+from interp.positions import StepContext, position_masks
 from interp.models.base import Batch, SpeechLM
+from interp.sites import Site
 
 
 @dataclass
@@ -47,34 +50,47 @@ class _Collect(BaseStreamer):
         pass
 
 
-def _set_output(envoy, hidden):
-    out = envoy.output
-    if isinstance(out, tuple):
-        envoy.output = (hidden,) + tuple(out[1:])
+def _get(envoy, site: Site):
+    return envoy.input if site.io == "input" else envoy.output
+
+
+def _set(envoy, site: Site, value, hidden) -> None:
+    """Write `hidden` back where it was read: the first element of a tuple output (attention
+    returns (hidden, weights); some blocks return tuples), the output itself, or the input."""
+    if site.io == "input":
+        envoy.input = hidden
+    elif isinstance(value, tuple):
+        envoy.output = (hidden,) + tuple(value[1:])
     else:
         envoy.output = hidden
 
 
-def _hidden(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _apply_all(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention], step: int):
-    blocks = adapter.envoy(adapter.layers_path)
-    by_layer: dict[int, list[Intervention]] = {}
+    """One step of the trace body: visit the sites the interventions acting now name, in the
+    order the model computes them (nnsight interleaves this code with the forward pass)."""
+    by_site: dict[str, tuple[Site, list[Intervention]]] = {}
     for iv in interventions:
-        for layer in iv.layers:
-            by_layer.setdefault(layer, []).append(iv)
-    ctx = None
-    for layer in sorted(by_layer):
-        hidden = _hidden(blocks[layer].output)
-        if ctx is None:
-            ctx = StepContext(step, position_masks(batch, step, hidden.shape[1]))
+        if not iv.acts_at(step):
+            continue
+        for site in iv.bound:
+            if step > 0 and site.prompt_only:
+                continue  # the audio encoder and projector do not run on generated tokens
+            by_site.setdefault(site.name, (site, []))[1].append(iv)
+    masks = None
+    for site, group in sorted(by_site.values(), key=lambda sg: sg[0].order):
+        envoy = adapter.envoy(site.module)
+        value = _get(envoy, site)
+        hidden = value[0] if isinstance(value, tuple) else value
+        if site.prompt_only:
+            ctx = StepContext(step, None)
+        else:
+            masks = masks if masks is not None else position_masks(batch, step, hidden.shape[1])
+            ctx = StepContext(step, masks)
         new = hidden
-        for iv in by_layer[layer]:
-            new = iv.apply(new, layer, ctx)
+        for iv in group:
+            new = iv.apply(new, site, ctx)
         if new is not hidden:
-            _set_output(blocks[layer], new)
+            _set(envoy, site, value, new)
 
 
 def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] = (), generate: bool = False,
@@ -83,9 +99,7 @@ def run(adapter: SpeechLM, batch: Batch, interventions: Sequence[Intervention] =
 
     Generation is greedy (`interp.decoding.GREEDY` over the checkpoint's generation_config);
     `generate_kwargs` override it, and `RunResult.decoding` records what ran."""
-    interventions = list(interventions)
-    for iv in interventions:
-        iv.check(adapter)
+    interventions = [iv.bind(adapter) for iv in interventions]  # resolved copies; the caller's stay as given
     prompt_length = int(batch.token_ids.shape[1])
     # Greedy whatever the checkpoint's generation_config ships (interp.decoding).
     gen_kwargs = greedy_kwargs(**{**adapter.generate_kwargs(), **generate_kwargs}, max_new_tokens=max_new_tokens)

@@ -3,6 +3,10 @@
 Required fields: `id` (unique string) and `audio` (a path, absolute or relative to the
 manifest's folder). Optional: `transcript`, `task`, `label`, `choices`, `answers`,
 `speaker`, `snr_db`; any other field is kept as it is.
+
+`read_jsonl` / `parse_jsonl` are the one JSON Lines reader (manifests, predictions files, a
+predictions file being resumed): one object per non-empty line, and one line naming
+`file:line` for text that is not UTF-8, a line that is not JSON or not an object.
 """
 
 from __future__ import annotations
@@ -10,12 +14,38 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 from interp.atomic import write_jsonl
 from interp.errors import InterpError
 
 REQUIRED = ("id", "audio")
 OPTIONAL = ("transcript", "task", "label", "choices", "answers", "speaker", "snr_db")
+
+
+def parse_jsonl(text: str, where: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of `text`, read from `where`."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InterpError(f"{where}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise InterpError(f"{where}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+        yield lineno, row
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of the JSON Lines file `path`."""
+    path = Path(path)
+    try:
+        # utf-8-sig: a byte-order mark, as some editors write, is not part of the first line
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InterpError(f"{path} is not UTF-8 text; re-save it as UTF-8 JSON Lines") from None
+    yield from parse_jsonl(text, path)
 
 
 def read_manifest(path: str | os.PathLike, limit: int | None = None, require_audio: bool = True) -> list[dict]:
@@ -30,20 +60,7 @@ def read_manifest(path: str | os.PathLike, limit: int | None = None, require_aud
         raise InterpError(f"{problem}; pass a JSON Lines file with one utterance per line")
     rows: list[dict] = []
     seen: dict[str, int] = {}
-    try:
-        # utf-8-sig: a byte-order mark, as some editors write, is not part of the first line
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise InterpError(f"{path} is not UTF-8 text; re-save it as UTF-8 JSON Lines") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InterpError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise InterpError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+    for lineno, row in read_jsonl(path):
         for key in REQUIRED if require_audio else ("id",):
             if key not in row or row[key] in (None, ""):
                 raise InterpError(f"{path}:{lineno}: missing required field '{key}'; every line needs 'id' and 'audio'")

@@ -4,7 +4,10 @@
 requested block (and `embed`, the input of block 0: embeddings with audio merged in).
 `trace` drives a whole manifest through it: batches are prepared and run on the main
 thread while a writer thread appends finished batches to the store, so disk I/O overlaps
-compute and memory holds at most a couple of batches whatever the number of items.
+compute and memory holds at most a couple of batches whatever the number of items. The
+instruction sent with each item's audio is `prompt` (text for all, a function of the manifest
+row such as `tasks.speech_prompt`, or None: the row's own `instruction`, else a neutral one),
+and the store records it per item. The module is callable: `interp.trace(model, rows, out)`.
 """
 
 from __future__ import annotations
@@ -15,45 +18,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from interp.audio import load_audio
 from interp.errors import InterpError
+from interp.layers import parse_layers
 from interp.models.base import AudioSpan, Batch, SpeechLM
+from interp.positions import TRACE, check_positions, select_positions
+from interp.progress import Progress, stage
 from interp.store import ActivationStore, ItemRecord, StoreWriter
 
-POSITION_MODES = ("all", "audio", "text", "last", "audio-mean")
 STORE_DTYPES = ("float16", "float32")
 DEFAULT_INSTRUCTION = "Listen to the audio and answer."
-
-
-def parse_layers(spec: str | Sequence, n_layers: int, embed_by_default: bool = True) -> list[str]:
-    """'all' | '0,4,8' | 'embed,-1' -> layer names ('embed' first, then block indices ascending)."""
-    if isinstance(spec, str):
-        parts = [p.strip() for p in spec.split(",") if p.strip()]
-    else:
-        parts = [str(p) for p in spec]
-    if parts == ["all"]:
-        return (["embed"] if embed_by_default else []) + [str(i) for i in range(n_layers)]
-    out: set[int] = set()
-    embed = False
-    for p in parts:
-        if p == "embed":
-            embed = True
-            continue
-        try:
-            i = int(p)
-        except ValueError:
-            raise InterpError(f"bad layer '{p}'; use 'all' or comma-separated block indices like 0,4,8 (and 'embed')") from None
-        if not -n_layers <= i < n_layers:
-            raise InterpError(f"layer {i} is out of range: the model has {n_layers} blocks (0-{n_layers - 1}, or negative from the end)")
-        out.add(i % n_layers)
-    if not out and not embed:
-        raise InterpError("no layers selected; use 'all' or indices like 0,4,8")
-    return (["embed"] if embed else []) + [str(i) for i in sorted(out)]
+#: the instruction sent with each item: text for all, a function of the manifest row, or None (the row's own)
+Prompt = Union[str, Callable[[dict], Optional[str]], None]
 
 
 def layer_path(adapter: SpeechLM, component: str) -> str:
@@ -106,45 +87,6 @@ def record(adapter: SpeechLM, batch: Batch, layers: Sequence[str], component: st
     return saved
 
 
-@dataclass
-class ItemPositions:
-    """Which sequence positions of one item are stored, and what they are."""
-
-    positions: np.ndarray
-    is_audio: np.ndarray
-    time_start: np.ndarray
-    time_end: np.ndarray
-    pooled: bool = False
-
-
-def select_positions(mode: str, span: AudioSpan, attention_mask: np.ndarray | None, n_positions: int) -> ItemPositions:
-    """Positions of one item for a positions mode, given its audio span and padding mask."""
-    real = np.flatnonzero(attention_mask) if attention_mask is not None else np.arange(n_positions)
-    audio_time = {int(p): (s, e) for p, s, e in zip(span.positions, span.time_start, span.time_end)}
-
-    def make(pos):
-        pos = np.asarray(pos, dtype=np.int64)
-        is_audio = np.array([int(p) in audio_time for p in pos], dtype=bool)
-        ts = np.array([audio_time.get(int(p), (np.nan, np.nan))[0] for p in pos], dtype=np.float64)
-        te = np.array([audio_time.get(int(p), (np.nan, np.nan))[1] for p in pos], dtype=np.float64)
-        return ItemPositions(pos, is_audio, ts, te)
-
-    if mode == "all":
-        return make(real)
-    if mode == "audio":
-        return make(span.positions)
-    if mode == "text":
-        return make(np.setdiff1d(real, np.concatenate([span.positions, span.padding])))
-    if mode == "last":
-        return make(real[-1:])
-    if mode == "audio-mean":
-        if len(span.positions) == 0:
-            raise InterpError("positions 'audio-mean' needs audio positions, and an item has none")
-        return ItemPositions(span.positions, np.ones(1, bool), np.array([span.time_start.min()]),
-                             np.array([span.time_end.max()]), pooled=True)
-    raise InterpError(f"unknown positions mode '{mode}'; use one of {', '.join(POSITION_MODES)}")
-
-
 def to_records(batch: Batch, acts: dict[str, torch.Tensor], rows: Sequence[dict], mode: str, store_dtype: str,
                component: str, encoder_spans: list[AudioSpan] | None = None) -> list[ItemRecord]:
     """Cut a batch's activations into per-item records for the positions mode."""
@@ -181,19 +123,13 @@ def to_records(batch: Batch, acts: dict[str, torch.Tensor], rows: Sequence[dict]
     return records
 
 
-def instruction_for(row: dict, prompt: str | None) -> str:
-    """The instruction sent with the audio: --prompt, else the item's task prompt, else a neutral one."""
-    if prompt:
-        return prompt
-    task = row.get("task")
-    if task:
-        try:
-            from tasks import get_task
-
-            return get_task(task).speech_prompt(row)
-        except (ImportError, InterpError, AttributeError):
-            pass
-    return DEFAULT_INSTRUCTION
+def instruction_for(row: dict, prompt: Prompt = None) -> str:
+    """The instruction sent with an item's audio: `prompt` when it is text; `prompt(row)` when it
+    is a function (e.g. `tasks.speech_prompt`, the item's task prompt); else the row's own
+    `instruction`; a neutral one where these give nothing."""
+    if callable(prompt):
+        return prompt(row) or row.get("instruction") or DEFAULT_INSTRUCTION
+    return prompt or row.get("instruction") or DEFAULT_INSTRUCTION
 
 
 @dataclass
@@ -244,8 +180,8 @@ class _Writer(threading.Thread):
 
 def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str | Sequence = "all",
           positions: str = "audio", dtype: str = "float16", batch_size: int = 8, resume: bool = False,
-          overwrite: bool = False, prompt: str | None = None, component: str = "decoder", command: str = "",
-          on_items_done: Callable[[int], None] | None = None) -> TraceSummary:
+          overwrite: bool = False, prompt: Prompt = None, component: str = "decoder", command: str = "",
+          progress: Progress | None = None) -> TraceSummary:
     """Trace every manifest row through `adapter` and stream the residuals into the store `out`.
 
     The store is locked while it is written. `resume` continues a store traced by the same
@@ -257,8 +193,7 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
     from interp.locks import OutputLock
 
     out = Path(out)
-    if positions not in POSITION_MODES:
-        raise InterpError(f"unknown positions mode '{positions}'; use one of {', '.join(POSITION_MODES)}")
+    check_positions(positions, TRACE, "a store")
     if dtype not in STORE_DTYPES:
         raise InterpError(f"unknown store dtype '{dtype}'; use float16 or float32")
     if batch_size < 1:
@@ -292,12 +227,12 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
         else:
             staged = out.exists()
             writer = StoreWriter.create(out, attrs, names, _width(adapter, component), dtype, replace=staged)
-        if on_items_done:
-            on_items_done(start)
+        advance = stage(progress, "trace", len(rows))
+        advance(start)
         batch_size = adapter.batch_size(batch_size)
 
         t0 = time.perf_counter()
-        thread = _Writer(writer, on_items_done)
+        thread = _Writer(writer, advance)
         thread.start()
         truncated, non_finite = [], 0
         try:
@@ -311,6 +246,7 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
                     records = to_records(batch, acts, chunk, positions, dtype, component, enc_spans)
                     for rec, r, text in zip(records, chunk, instructions[s:s + batch_size]):
                         rec.input_fingerprint = input_fingerprint(r["audio"], text)
+                        rec.instruction = text
                     for r, cut in zip(chunk, batch.truncated or []):
                         if cut:
                             truncated.append(str(r["id"]))
@@ -345,12 +281,12 @@ def _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component
     import nnsight
     import transformers
 
-    from interp import __version__
+    from interp.version import __version__
 
     return {
         "model_path": str(Path(adapter.path).resolve()), "model_class": type(adapter.model).__name__,
         "family": adapter.family, "model_fingerprint": adapter.fingerprint(), "model_dtype": adapter.runtime_dtype,
-        "component": component, "positions": positions, "prompt": prompt or "", "batch_size": int(batch_size),
+        "component": component, "positions": positions, "prompt": prompt if isinstance(prompt, str) else "", "batch_size": int(batch_size),
         "n_model_layers": int(n_component_layers(adapter, component)),
         "library_versions": {"interp": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                              "nnsight": nnsight.__version__, "h5py": h5py.__version__, "python": platform.python_version()},
@@ -390,3 +326,15 @@ def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict], instructions:
                               "(its audio file or instruction changed); give the manifest it was traced from, "
                               "or --overwrite")
     return writer
+
+
+class _CallableModule(type(sys)):
+    """`interp.trace` is the module and, called, its `trace`: `interp.trace(model, rows, out)`
+    as the package's API names it, while `from interp.trace import record` keeps working. (A
+    plain package attribute could not be both: importing the submodule rebinds the name.)"""
+
+    def __call__(self, *args, **kwargs) -> TraceSummary:
+        return trace(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -7,7 +7,8 @@ from tasks.demo import demo_data
 from tasks.noise import add_noise, mix_at_snr
 from tasks.parse import UNPARSED
 from tasks.synth import synthesize
-from tasks.task import TASKS, Score, Task, get_task, load_templates
+from tasks.task import TASKS, Score, Task, check_task_rows, get_task, load_templates, speech_prompt
 
-__all__ = ["TASKS", "Score", "Task", "UNPARSED", "add_noise", "demo_data", "get_task", "load_dataset",
-           "load_templates", "mix_at_snr", "sample_audio_dir", "sample_path", "synthesize"]
+__all__ = ["TASKS", "Score", "Task", "UNPARSED", "add_noise", "check_task_rows", "demo_data", "get_task", "load_dataset",
+           "load_templates", "mix_at_snr", "sample_audio_dir", "sample_path", "speech_prompt",
+           "synthesize"]

@@ -19,15 +19,17 @@ offending entry where it can be found).
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import re
 from pathlib import Path
 from typing import Callable
 
 from interp.errors import InterpError
+from interp.progress import Progress
+from interp.progress import stage as start_stage
+from interp.manifest import parse_jsonl
+from tasks.formats import csv_records, csv_rows, line_of, parse_json, read_parquet, read_text, tsv_records
 from tasks.task import LETTERS, get_task
 
 SAMPLES_DIR = Path(__file__).with_name("samples")
@@ -114,7 +116,7 @@ def read_items(task: str | None, path: str | Path, limit: int | None = None) -> 
 
 def _load_agnews(path: Path, limit: int | None) -> list[dict]:
     rows = []
-    for line, fields in _csv_rows(path):
+    for line, fields in csv_rows(path):
         if line == 1 and fields and not fields[0].strip().isdigit() and "class" in fields[0].lower():
             continue  # the Kaggle copy has a header; the original has none
         if len(fields) != 3:
@@ -137,9 +139,9 @@ def _load_agnews(path: Path, limit: int | None) -> list[dict]:
 
 def _load_sst2(path: Path, limit: int | None) -> list[dict]:
     if path.suffix.lower() == ".parquet":
-        records = ((f"row {i}", r) for i, r in enumerate(_read_parquet(path, ("sentence", "label"))))
+        records = ((f"row {i}", r) for i, r in enumerate(read_parquet(path, ("sentence", "label"))))
     else:
-        records = _tsv_records(path, ("sentence", "label"))
+        records = tsv_records(path, ("sentence", "label"))
     rows = []
     for where, record in records:
         sentence = str(record.get("sentence") or "").strip()
@@ -159,15 +161,9 @@ def _load_sst2(path: Path, limit: int | None) -> list[dict]:
 def _load_csqa(path: Path, limit: int | None) -> list[dict]:
     task = get_task("csqa")
     rows = []
-    for line, text in enumerate(_read_text(path).splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InterpError(f"{path}:{line}: not valid JSON ({e.msg}); CommonsenseQA is one JSON object per line") from None
+    for line, record in parse_jsonl(read_text(path), path):
         where = f"{path}:{line}"
-        question = record.get("question") if isinstance(record, dict) else None
+        question = record.get("question")
         if not isinstance(question, dict) or not str(question.get("stem") or "").strip():
             raise InterpError(f"{where}: missing 'question.stem'; expected the CommonsenseQA JSONL format")
         choices = question.get("choices")
@@ -190,15 +186,15 @@ def _load_csqa(path: Path, limit: int | None) -> list[dict]:
 
 
 def _load_triviaqa(path: Path, limit: int | None) -> list[dict]:
-    text = _read_text(path)
-    doc = _json(text, path, "TriviaQA")
+    text = read_text(path)
+    doc = parse_json(text, path, "TriviaQA")
     data = doc.get("Data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         raise InterpError(f"{path}: expected a JSON object with a 'Data' list (the TriviaQA release format)")
     rows = []
     for i, record in enumerate(data):
         qid = record.get("QuestionId") if isinstance(record, dict) else None
-        line = _line_of(text, f'"QuestionId": "{qid}"') or _line_of(text, f'"{qid}"') if qid else None
+        line = line_of(text, f'"QuestionId": "{qid}"') or line_of(text, f'"{qid}"') if qid else None
         where = f"{path}:{line}" if line else f"{path}: Data[{i}]"
         if not isinstance(record, dict) or not str(record.get("Question") or "").strip():
             raise InterpError(f"{where}: missing 'Question' in Data[{i}]")
@@ -221,7 +217,7 @@ def _load_triviaqa(path: Path, limit: int | None) -> list[dict]:
 def _load_meld(path: Path, limit: int | None, attach: Callable[[str, str], str | None]) -> list[dict]:
     task = get_task("meld")
     rows = []
-    for where, record in _csv_records(path, ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")):
+    for where, record in csv_records(path, ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")):
         try:
             dialogue, utterance = int(record["Dialogue_ID"]), int(record["Utterance_ID"])
         except ValueError:
@@ -240,13 +236,13 @@ def _load_meld(path: Path, limit: int | None, attach: Callable[[str, str], str |
 
 
 def _load_mustard(path: Path, limit: int | None, attach: Callable[[str, str], str | None]) -> list[dict]:
-    text = _read_text(path)
-    doc = _json(text, path, "MUStARD")
+    text = read_text(path)
+    doc = parse_json(text, path, "MUStARD")
     if not isinstance(doc, dict):
         raise InterpError(f"{path}: expected a JSON object mapping clip ids to entries (sarcasm_data.json)")
     rows = []
     for key, entry in doc.items():
-        line = _line_of(text, f'"{key}":') or _line_of(text, f'"{key}"')
+        line = line_of(text, f'"{key}":') or line_of(text, f'"{key}"')
         where = f"{path}:{line}" if line else f"{path}: entry {key!r}"
         if not isinstance(entry, dict):
             raise InterpError(f"{where}: entry {key!r} must be an object with 'utterance', 'speaker', 'sarcasm'")
@@ -298,81 +294,6 @@ def _end_sentence(s: str) -> str:
     return s if s[-1:] in ".?!" else s + "."
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InterpError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-
-
-def _json(text: str, path: Path, what: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InterpError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected the {what} release format") from None
-
-
-def _line_of(text: str, needle: object) -> int | None:
-    if needle is None:
-        return None
-    i = text.find(str(needle))
-    return text.count("\n", 0, i) + 1 if i >= 0 else None
-
-
-def _csv_rows(path: Path, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL):
-    """(line, fields) per record; the line is where the record ends, as csv counts it."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
-    try:
-        for fields in reader:
-            if fields and any(f.strip() for f in fields):
-                yield reader.line_num, fields
-    except csv.Error as e:
-        if "field larger than field limit" in str(e):
-            limit = csv.field_size_limit()
-            fix = ("shorten or remove that item" if quoting == csv.QUOTE_NONE else
-                   "an unclosed quote may run on into later lines: check the quoting, or shorten that item")
-            raise InterpError(f"{path}:{reader.line_num}: a field is longer than {limit:,} characters, the limit of "
-                              f"Python's csv reader (no task item is that long); {fix}") from None
-        raise InterpError(f"{path}:{reader.line_num}: malformed CSV ({e}); check the quoting on that line") from None
-
-
-def _csv_records(path: Path, required: tuple[str, ...], delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL):
-    rows = _csv_rows(path, delimiter, quoting)
-    header = next(rows, None)
-    if header is None:
-        raise InterpError(f"{path} is empty; expected a header with {', '.join(required)}")
-    names = [h.strip() for h in header[1]]
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise InterpError(f"{path}:1: header lacks {', '.join(missing)}; expected columns {', '.join(required)}")
-    for line, fields in rows:
-        if len(fields) != len(names):
-            raise InterpError(f"{path}:{line}: {len(fields)} columns where the header has {len(names)}")
-        yield line, dict(zip(names, fields))
-
-
-def _tsv_records(path: Path, required: tuple[str, ...]):
-    # GLUE TSVs are unquoted: a sentence may contain '"' characters.
-    return _csv_records(path, required, delimiter="\t", quoting=csv.QUOTE_NONE)
-
-
-def _read_parquet(path: Path, required: tuple[str, ...]) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InterpError(f"reading {path} needs pyarrow (pip install pyarrow); or convert it to the GLUE TSV format") from None
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for unreadable files
-        raise InterpError(f"cannot read parquet {path}: {str(e).splitlines()[0]}") from None
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise InterpError(f"{path}: parquet lacks columns {', '.join(missing)}; expected {', '.join(required)}")
-    return table.select(list(required)).to_pylist()
-
-
 def _attach(stem: str, where: str, audio_dir: Path | None, missing_audio: str) -> str | None:
     if audio_dir is None:
         return None
@@ -391,7 +312,7 @@ def _check_unique(rows: list[dict], path: Path) -> None:
 
 
 def _is_manifest(path: Path) -> bool:
-    for text in _read_text(path).splitlines():
+    for text in read_text(path).splitlines():
         if text.strip():
             try:
                 first = json.loads(text)
@@ -403,7 +324,7 @@ def _is_manifest(path: Path) -> bool:
 
 
 def write_dataset(rows: list[dict], out: str | Path, sample_rate: int = 16000,
-                  on_item: Callable[[str], None] | None = None) -> Path:
+                  progress: Progress | None = None) -> Path:
     """Write `rows` as the manifest `out`; clips in video containers (MELD, MUStARD ship MP4)
     are first extracted with ffmpeg to WAVs in a folder beside it, `<out stem>_audio/`."""
     from interp.audio import VIDEO_SUFFIXES, extract_audio, require_ffmpeg
@@ -418,12 +339,12 @@ def write_dataset(rows: list[dict], out: str | Path, sample_rate: int = 16000,
     if videos:
         require_ffmpeg(videos[0]["audio"], sample_rate)  # before anything is written
     names = audio_names([r["id"] for r in videos])
+    advance = start_stage(progress, "extracting audio", len(videos))
     with staged_output(out.parent) as stage:
         for row in videos:
             wav = stage / f"{out.stem}_audio" / names[row["id"]]
             extract_audio(row["audio"], wav, sample_rate)
             row["source_audio"], row["audio"] = row["audio"], str(wav)
-            if on_item:
-                on_item(row["id"])
+            advance(1)
         write_manifest(stage / out.name, rows, staged=(stage, out.parent))
     return out

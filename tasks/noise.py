@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from interp.errors import InterpError
+from interp.progress import Progress
+from interp.progress import stage as start_stage
 
 SAMPLE_RATE = 16000
 NOISE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -110,6 +112,17 @@ def parse_snrs(text: str | Sequence[float]) -> tuple[float, ...]:
     if len(set(values)) != len(values):
         raise InterpError(f"--snr lists a value twice ({text}); give each SNR once")
     return tuple(values)
+
+
+def snr_order(snr_db: float | None) -> tuple:
+    """The one order of noise conditions in tables and figures: clean first, then from the
+    mildest noise to the harshest (descending SNR)."""
+    return (0, 0.0) if snr_db is None else (1, -float(snr_db))
+
+
+def format_snr(snr_db: float | None) -> str:
+    """A noise condition as tables name it: 'clean' or '10 dB'."""
+    return "clean" if snr_db is None else f"{snr_db:g} dB"
 
 
 def snr_tag(snr_db: float) -> str:
@@ -218,7 +231,7 @@ def noise_source(spec: str, rows: Sequence[dict] = (), seed: int = 0, talkers: i
 # ---- a manifest under noise ---------------------------------------------------------------
 
 def add_noise(manifest: str | Path, snrs: Sequence[float] | str, noise: str, out_dir: str | Path, seed: int = 0,
-              talkers: int = BABBLE_TALKERS, on_item: Callable[[str], None] | None = None) -> dict[float, Path]:
+              talkers: int = BABBLE_TALKERS, progress: Progress | None = None) -> dict[float, Path]:
     """Mix noise into every item of `manifest` at each SNR; one manifest per condition.
 
     Writes out_dir/snr{X}/audio/*.wav and out_dir/snr{X}/manifest.jsonl; each row keeps its
@@ -237,6 +250,7 @@ def add_noise(manifest: str | Path, snrs: Sequence[float] | str, noise: str, out
     source = noise_source(noise, rows, seed, talkers)
     label = source.name if source.name != "dir" else f"dir:{Path(noise).resolve()}"
     names = audio_names([r["id"] for r in rows])
+    advance = start_stage(progress, "mixing noise", len(rows))
     with staged_output(out_dir) as stage:
         noisy: dict[float, list[dict]] = {snr: [] for snr in snrs}
         for row in rows:
@@ -255,8 +269,7 @@ def add_noise(manifest: str | Path, snrs: Sequence[float] | str, noise: str, out
                                    "clean_audio": row["audio"], "achieved_snr_db": round(info["achieved_snr_db"], 4),
                                    "noise_gain": info["noise_gain"], "clean_gain": info["clean_gain"],
                                    "rescaled": info["rescaled"]})
-            if on_item:
-                on_item(row["id"])
+            advance(1)
         for snr, out_rows in noisy.items():
             write_manifest(stage / snr_tag(snr) / "manifest.jsonl", out_rows, staged=(stage, out_dir))
     return {snr: Path(out_dir) / snr_tag(snr) / "manifest.jsonl" for snr in snrs}

@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -22,21 +21,10 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InterpError(f"--out {out_dir} is a file; pass a folder")
-    from interp.atomic import is_stale, owner_tag
+    from interp.atomic import private_stage
 
     created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for old in out_dir.glob(".staging-*"):  # left by a run that was killed
-            if old.is_dir() and is_stale(old.name[len(".staging-"):].rsplit(".", 1)[0]):
-                shutil.rmtree(old, ignore_errors=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".staging-{owner_tag()}.", dir=out_dir))
-    except OSError as e:
-        from interp.errors import io_error
-
-        err = io_error(e, out_dir)
-        raise (err if isinstance(err, InterpError) else InterpError(
-            f"cannot write to {out_dir}: {e.strerror}; choose a writable --out folder")) from None
+    stage = private_stage(out_dir, ".staging-", out_dir, "choose a writable --out folder")
     ok = False
     try:
         yield stage

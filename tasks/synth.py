@@ -8,11 +8,13 @@ staging folder, so a failure leaves neither a manifest nor stray audio.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from interp.errors import InterpError
+from interp.progress import Progress
+from interp.progress import stage as start_stage
 from tasks.task import get_task
 from tasks.tts import SAMPLE_RATE, TTSBackend, draw_voices, get_backend
 
@@ -20,7 +22,7 @@ from tasks.tts import SAMPLE_RATE, TTSBackend, draw_voices, get_backend
 def synthesize(rows: Sequence[dict], out_dir: str | Path, *, task: str | None = None,
                backend: str | TTSBackend = "espeak", voices: Sequence[str] | None = None,
                rates: Sequence[int] | None = None, seed: int = 0, renditions: int = 1,
-               on_item: Callable[[str], None] | None = None) -> Path:
+               progress: Progress | None = None) -> Path:
     """Write out_dir/audio/*.wav and out_dir/manifest.jsonl for `rows`; returns the manifest path.
 
     Each item is spoken `renditions` times with a (voice, rate) drawn per rendition from
@@ -60,6 +62,7 @@ def synthesize(rows: Sequence[dict], out_dir: str | Path, *, task: str | None = 
 
     names = audio_names([p[0] for p in plan])
     out_rows = []
+    advance = start_stage(progress, "synthesising", len(plan))
     with staged_output(out_dir) as stage:
         for item_id, row, name, text, voice in plan:
             wav = tts.synthesize(text, voice.name, voice.rate)
@@ -73,8 +76,7 @@ def synthesize(rows: Sequence[dict], out_dir: str | Path, *, task: str | None = 
                              "duration_s": round(wav.size / SAMPLE_RATE, 3), "tts_backend": getattr(tts, "name", str(backend)),
                              "tts_voice": voice.name, "tts_rate": voice.rate,
                              **({"source_id": row["id"]} if renditions > 1 else {})})
-            if on_item:
-                on_item(item_id)
+            advance(1)
         write_manifest(stage / "manifest.jsonl", out_rows, staged=(stage, out_dir))
     return Path(out_dir) / "manifest.jsonl"
 

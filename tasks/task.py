@@ -341,3 +341,26 @@ def get_task(name: str, templates: Mapping | str | Path | None = None) -> Task:
     if task is None:
         raise InterpError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
     return task if templates is None else task.with_templates(templates)
+
+
+def check_task_rows(rows: Sequence[Mapping]) -> None:
+    """Refuse manifest rows a behavioural run cannot answer: an item without a `task`, or a
+    task that does not exist (before any model loads)."""
+    missing = [str(r.get("id")) for r in rows if not r.get("task")]
+    if missing:
+        raise InterpError(f"{len(missing)} item(s) have no 'task' (e.g. '{missing[0]}'); behavioural runs need the "
+                          "task of every item (e.g. from `interp data load`)")
+    for name in sorted({str(r["task"]) for r in rows}):
+        get_task(name)
+
+
+def speech_prompt(row: Mapping) -> str | None:
+    """The instruction a speech LLM hears with an item: its task's speech prompt, or None for an
+    item with no task or an unknown one (callers fall back to a neutral instruction)."""
+    name = row.get("task")
+    if not name:
+        return None
+    try:
+        return get_task(name).speech_prompt(row)
+    except InterpError:
+        return None

@@ -1,4 +1,4 @@
-"""The Ultravox adapter on tiny checkpoints made by `Ultravox.make_tiny` (interp's own
+"""The Ultravox adapter on tiny checkpoints made by `interp.testing.make_tiny("ultravox")` (interp's own
 implementation, saved in the released layout): where audio lands, what time each audio
 position covers, chunks of long audio, batching and generation. The implementation itself is
 checked against fixie's released code in test_ultravox_reference.py."""
@@ -14,6 +14,8 @@ import torch
 
 from interp.models import detect_family, load_model
 from interp.models.ultravox import Ultravox
+from interp.testing import make_tiny
+from tests.helpers import captured
 
 SR = 16000
 
@@ -24,7 +26,7 @@ def tiny_dirs(tmp_path_factory):
 
     def build(version: str = "v0.6"):
         if version not in cache:
-            cache[version] = Ultravox.make_tiny(tmp_path_factory.mktemp(f"ultravox-{version}"), seed=0, version=version)
+            cache[version] = make_tiny("ultravox", tmp_path_factory.mktemp(f"ultravox-{version}"), seed=0, version=version)
         return cache[version]
 
     return build
@@ -49,15 +51,9 @@ def _waves(seconds, seed=0):
 
 def _forward(adapter, batch):
     """hidden_states[0] (the embeddings the decoder sees), logits and the raw last block output."""
-    captured = {}
-    handle = adapter.layers[-1].register_forward_hook(
-        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
-    try:
-        with torch.no_grad():
-            out = adapter.model(**batch.inputs, output_hidden_states=True)
-    finally:
-        handle.remove()
-    return out.hidden_states, out.logits, captured["last"]
+    with captured({"last": adapter.layers[-1]}) as seen, torch.no_grad():
+        out = adapter.model(**batch.inputs, output_hidden_states=True)
+    return out.hidden_states, out.logits, seen["last"]
 
 
 def _audio_embeddings(adapter, batch):

@@ -1,4 +1,5 @@
-"""The Whisper adapter (control model for encoder probing; ASR of cascades) on a tiny checkpoint."""
+"""The Whisper adapter (control model for encoder probing; ASR of cascades) on a tiny checkpoint
+(transcription itself: tests/test_asr.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import torch
 
 from interp.models import detect_family, load_model
 from interp.models.whisper import Whisper
+from interp.testing import make_tiny
+from tests.helpers import captured
 
 SR = 16000
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return Whisper.make_tiny(tmp_path_factory.mktemp("whisper"), seed=0)
+    return make_tiny("whisper", tmp_path_factory.mktemp("whisper"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +97,12 @@ def test_audio_enters_through_the_encoder_only(adapter):
 
 def test_final_norm_and_unembed_of_last_block_give_the_logits(adapter):
     batch = adapter.prepare(_waves([1.1, 2.0]), ["", ""])
-    captured = {}
-    handle = adapter.layers[-1].register_forward_hook(
-        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o))
-    try:
-        with torch.no_grad():
-            out = adapter.model(**batch.inputs, output_hidden_states=True)
-    finally:
-        handle.remove()
+    with captured({"last": adapter.layers[-1]}) as seen, torch.no_grad():
+        out = adapter.model(**batch.inputs, output_hidden_states=True)
     with torch.no_grad():
-        torch.testing.assert_close(adapter.unembed(adapter.final_norm(captured["last"])), out.logits,
+        torch.testing.assert_close(adapter.unembed(adapter.final_norm(seen["last"])), out.logits,
                                    rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(adapter.final_norm(captured["last"]), out.decoder_hidden_states[-1], rtol=0, atol=0)
+    torch.testing.assert_close(adapter.final_norm(seen["last"]), out.decoder_hidden_states[-1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("seconds", [0.25, 1.3, 2.97, 29.99, 30.0, 34.0])
@@ -134,28 +131,12 @@ def test_encoder_frames_cover_the_audio(adapter, seconds):
     assert torch.equal(out.hidden_states[0], inputs["layer0"])
 
 
-def test_transcribe_returns_one_string_per_input(adapter, monkeypatch):
-    windows = []
-    generate = adapter.model.generate
-
-    def counting_generate(features, **kwargs):
-        windows.append(features.shape[0])
-        assert kwargs["language"] == "en" and kwargs["task"] == "transcribe"
-        return generate(features, **kwargs)
-
-    monkeypatch.setattr(adapter.model, "generate", counting_generate)
-    texts = adapter.transcribe(_waves([1.0, 35.0, 0.5]), batch_size=2, max_new_tokens=3)
-    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
-    assert sum(windows) == 4 and max(windows) <= 2  # the 35 s input is two 30 s windows
-    assert adapter.transcribe([], batch_size=2) == []
-
-
 # ---- English-only checkpoints and generation parity ------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def english_only(tmp_path_factory):
-    return load_model(Whisper.make_tiny(tmp_path_factory.mktemp("whisper-en"), seed=1, english_only=True), device="cpu")
+    return load_model(make_tiny("whisper", tmp_path_factory.mktemp("whisper-en"), seed=1, english_only=True), device="cpu")
 
 
 def _prompt_generate_sees(adapter, features, **kwargs):
@@ -186,11 +167,6 @@ def test_prompt_is_the_one_generate_builds(adapter, english_only, which):
     else:
         assert whisper.is_multilingual
         assert tokens == ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
-
-
-def test_english_only_transcribes(english_only):
-    texts = english_only.transcribe(_waves([1.0, 0.6]), batch_size=2, max_new_tokens=4)
-    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
 @pytest.mark.parametrize("which", ["multilingual", "english_only"])
@@ -228,7 +204,7 @@ def test_streamed_tokens_are_cut_like_whisper_generate(english_only):
 
 def test_lens_reads_the_english_only_prompt(english_only, tmp_path):
     from interp.audio import write_wav
-    from interp.lens import lens_live
+    from interp.analysis.lens import lens_live
 
     write_wav(tmp_path / "a.wav", _waves([1.0])[0], SR)
     result = lens_live(english_only, [{"id": "a", "audio": str(tmp_path / "a.wav"), "transcript": "the team"}],

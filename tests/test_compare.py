@@ -18,7 +18,9 @@ from statsmodels.stats.proportion import proportion_confint
 from typer.testing import CliRunner
 
 import cli
-from cascades.compare import compare_files, read_predictions, write_report
+from cascades.answers import read_predictions
+from cascades.compare import compare_files
+from cascades.report import write_report
 from cascades.plots import ACCURACY_PNG, KAPPA_PNG, write_plots
 from interp.errors import InterpError
 

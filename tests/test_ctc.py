@@ -1,4 +1,4 @@
-"""The CTC probe's machinery (interp.ctc): the loss against PyTorch's, greedy decoding, folded
+"""The CTC probe's machinery (interp.analysis.ctc): the loss against PyTorch's, greedy decoding, folded
 standardisation, and the batched heads against the single-head reference on a planted task."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from interp.ctc import CTCHeads, ctc_loss, feasible, greedy_decode
+from interp.analysis.ctc import CTCHeads, greedy_decode
+from interp.analysis.ctc_loss import ctc_loss, feasible
 from interp.errors import InterpError
-from interp.probes import ProbeConfig, probe
+from interp.analysis.probing import ProbeConfig
+from interp.analysis.sweep import probe
 from tests.test_probes import make_store
 
 

@@ -52,7 +52,7 @@ def _argmax_loop(model, inputs: dict, n: int, stop: set[int]) -> list[int]:
 
 def test_speech_side_decodes_greedily_whatever_the_checkpoint_ships(penalised_af3, demo_manifests):
     import interp
-    from cascades.runner import _stop_ids, answer_speech
+    from cascades.runner import answer_speech, stop_ids
     from interp.audio import load_audio
     from interp.models import load_model
     from tasks import get_task
@@ -61,7 +61,7 @@ def test_speech_side_decodes_greedily_whatever_the_checkpoint_ships(penalised_af
     assert adapter.model.generation_config.repetition_penalty == SHIPPED["repetition_penalty"]
     row = read_manifest(demo_manifests["clean"])[0]
     batch = adapter.prepare([load_audio(row["audio"], 16000)], [get_task(row["task"]).speech_prompt(row)])
-    stop = _stop_ids(adapter.tokenizer, adapter.model)
+    stop = stop_ids(adapter.tokenizer, adapter.model)
     want = _argmax_loop(adapter.model, batch.inputs, N_NEW, stop)
     with torch.no_grad():  # what the checkpoint's own settings give: the confound the test guards against
         shipped = adapter.model.generate(**batch.inputs, max_new_tokens=N_NEW, do_sample=False)[0, batch.token_ids.shape[1]:]
@@ -76,14 +76,15 @@ def test_speech_side_decodes_greedily_whatever_the_checkpoint_ships(penalised_af
 
 
 def test_text_side_decodes_greedily_and_records_the_same_settings(penalised_af3, run_cli, demo_manifests, tmp_path):
-    from cascades.runner import TextLLM, _stop_ids
+    from cascades.runner import stop_ids
+    from cascades.textllm import TextLLM
 
     backbone = tmp_path / "llm"
     assert run_cli("models", "extract-llm", penalised_af3, "--out", backbone)[0] == 0
     llm = TextLLM.from_path(backbone)
     assert llm.model.generation_config.repetition_penalty == SHIPPED["repetition_penalty"]
     prompt = "Is this review positive or negative? the film was a joy from start to end"
-    want = _argmax_loop(llm.model, llm.encode([prompt]), N_NEW, _stop_ids(llm.tokenizer, llm.model))
+    want = _argmax_loop(llm.model, llm.encode([prompt]), N_NEW, stop_ids(llm.tokenizer, llm.model))
     (text, n), = llm.generate([prompt], N_NEW)[0]
     assert text == llm.tokenizer.decode(want, skip_special_tokens=True).strip() and n == len(want)
 
@@ -121,7 +122,7 @@ def test_compare_warns_when_systems_were_decoded_differently(tmp_path, run_cli):
 
 
 def test_cascade_model_dtype_applies_to_the_llm_and_is_recorded(run_cli, tiny_model_dir, demo_manifests, tmp_path):
-    from cascades.runner import TextLLM
+    from cascades.textllm import TextLLM
     from interp.models.base import resolve_dtype
 
     assert resolve_dtype("auto", "cuda") == torch.bfloat16 and resolve_dtype("auto", "cpu") == torch.float32
@@ -176,7 +177,7 @@ def test_text_side_builds_mistral_instruct_format_through_mistral_common(mistral
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    from cascades.runner import TextLLM
+    from cascades.textllm import TextLLM
 
     llm = TextLLM.from_path(mistral_llm)
     assert llm.chat_format == "mistral-common"

@@ -13,26 +13,15 @@ from interp.audio import load_audio
 from interp.manifest import read_manifest
 from interp.store import ActivationStore
 from interp.trace import trace
+from tests.helpers import captured
 
 FAMILIES = ["qwen2-audio", "audioflamingo3", "voxtral", "phi4-mm"]
 
 
 def _hooked_full_forward(adapter, batch) -> dict[str, torch.Tensor]:
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(name, value):
-        seen.setdefault(name, (value[0] if isinstance(value, tuple) else value).detach().clone())
-
     blocks = adapter.encoder_layers
-    handles = [blocks[0].register_forward_pre_hook(
-        lambda m, args, kw: keep("embed", args[0] if args else next(iter(kw.values()))), with_kwargs=True)]
-    handles += [b.register_forward_hook(lambda m, a, o, k=str(k): keep(k, o)) for k, b in enumerate(blocks)]
-    try:
-        with torch.no_grad():
-            adapter.model(**batch.inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with captured({str(k): b for k, b in enumerate(blocks)}, {"embed": blocks[0]}) as seen, torch.no_grad():
+        adapter.model(**batch.inputs)
     return seen
 
 

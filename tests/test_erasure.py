@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.erasure import (Eraser, LayerEraser, build_concept, ctc_frame_targets, fit_eraser, random_control,
-                            reprobe)
+from interp.analysis.concepts import build_concept, ctc_frame_targets
+from interp.analysis.leace import Eraser, LayerEraser, fit_eraser, random_control
+from interp.analysis.reprobe import reprobe
 from interp.store import ActivationStore, ItemRecord, StoreWriter
+from tests.helpers import one_line_error
 
 
 def synthetic_store(path, n_items=300, d=48, layers=("0", "1"), n_classes=3, probs=(0.6, 0.25, 0.15), strength=1.5,
@@ -73,11 +75,12 @@ def write_labelled_tones(folder: Path, n: int, seed: int = 0) -> Path:
 def real(tmp_path_factory):
     """A store of a tiny Qwen2-Audio (one small encoder layer, for speed) over 60 labelled tones."""
     from interp.manifest import read_manifest
-    from interp.models import get_family, load_model
+    from interp.models import load_model
+    from interp.testing import make_tiny
     from interp.trace import trace
 
     folder = tmp_path_factory.mktemp("real")
-    model = get_family("qwen2-audio").make_tiny(folder / "model", encoder_layers=1, encoder_d_model=32)
+    model = make_tiny("qwen2-audio", folder / "model", encoder_layers=1, encoder_d_model=32)
     adapter = load_model(model, device="cpu")
     manifest = write_labelled_tones(folder / "audio", 60)
     trace(adapter, read_manifest(manifest), folder / "acts.h5", layers="all", positions="all", dtype="float32",
@@ -120,6 +123,25 @@ def test_leace_brings_a_fresh_probe_to_chance_and_the_random_control_does_not(sy
         assert layer.original > layer.baseline + 0.2
         assert abs(layer.erased["erased"] - layer.baseline) <= 0.02
         assert layer.erased["random"] >= layer.original - 0.02
+
+
+def test_reprobe_scores_as_interp_probe_does(tmp_path):
+    """One probing estimator: the re-probe of `interp erase` and `interp probe` give the same
+    score on the same rows, folds and seed (before this, they used other grids, other
+    standardisation and dropped single-class folds in one only)."""
+    from interp.analysis.probing import ProbeConfig
+    from interp.analysis.sweep import probe
+
+    path = synthetic_store(tmp_path / "s.h5", n_items=48, strength=0.4, seed=3)
+    with ActivationStore(path) as store:
+        concept = build_concept(store, "label", "all")
+        result = reprobe(store, concept, {}, [0, 1], folds=3, seed=2, max_rows=None)
+        swept = probe(store, "label", layers="0,1", positions="all", config=ProbeConfig(folds=3, seed=2))
+    assert [l.layer for l in result.layers] == [0, 1]
+    for again, layer in zip(result.layers, swept.layers):
+        assert again.original == pytest.approx(layer.score, abs=1e-12)
+        assert again.baseline == pytest.approx(layer.baseline, abs=1e-12)
+        assert 0.4 < layer.score < 1.0  # a signal that is there but not perfect: the scores are informative
 
 
 def test_leace_on_a_real_store(real):
@@ -207,7 +229,7 @@ def test_concept_errors(synth, tmp_path):
     with ActivationStore(synth) as store:
         with pytest.raises(InterpError, match="one class"):
             build_concept(store, "speaker")
-        with pytest.raises(InterpError, match="no item field 'mood'"):
+        with pytest.raises(InterpError, match="no target 'mood'"):
             build_concept(store, "mood")
         with pytest.raises(InterpError, match="out of range"):
             fit_eraser(store, "label", "0,7")
@@ -221,15 +243,6 @@ def test_concept_errors(synth, tmp_path):
 
 
 # ---- the command ---------------------------------------------------------------------------
-
-
-def _one_line_error(code, err, *needles):
-    assert code != 0
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def _args(real, out, *extra, layers="0,1"):
@@ -272,22 +285,22 @@ def test_erase_cli_bad_input(real, run_cli, tmp_path):
                                       "label", adapter.fingerprint(), adapter.family, 32)}.items():
         bad.save(tmp_path / name / "erasers" / "label.safetensors")
     eraser.save(tmp_path / "layer" / "erasers" / "label.safetensors")
-    _one_line_error(*run_cli(*_args(real, tmp_path / "model"))[::2], "another model")
-    _one_line_error(*run_cli(*_args(real, tmp_path / "width"))[::2], "width 32")
-    _one_line_error(*run_cli(*_args(real, tmp_path / "layer", layers="0,2"))[::2], "has no layer 2", "--refit")
-    _one_line_error(*run_cli(*_args(real, tmp_path / "x", layers="0,9"))[::2], "out of range")
+    one_line_error(*run_cli(*_args(real, tmp_path / "model"))[::2], "another model")
+    one_line_error(*run_cli(*_args(real, tmp_path / "width"))[::2], "width 32")
+    one_line_error(*run_cli(*_args(real, tmp_path / "layer", layers="0,2"))[::2], "has no layer 2", "--refit")
+    one_line_error(*run_cli(*_args(real, tmp_path / "x", layers="0,9"))[::2], "out of range")
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", real["store"],
                            "--concept", "task", "--layers", "0", "--out", tmp_path / "y")
-    _one_line_error(code, err, "one class")
+    one_line_error(code, err, "one class")
     no_audio = synthetic_store(tmp_path / "text.h5", n_items=4, d=adapter.d_model, audio=False,
                                model_fingerprint=adapter.fingerprint(), layers=("0", "1", "2", "3"))
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", no_audio,
                            "--concept", "label", "--layers", "0", "--positions", "audio", "--out", tmp_path / "z")
-    _one_line_error(code, err, "store has no audio spans")
+    one_line_error(code, err, "store has no audio spans")
     other = synthetic_store(tmp_path / "other.h5", n_items=4, d=adapter.d_model, layers=("0", "1", "2", "3"))
     code, _, err = run_cli("erase", real["model"], "--data", real["manifest"], "--fit-store", other,
                            "--concept", "label", "--layers", "0", "--out", tmp_path / "w")
-    _one_line_error(code, err, "made by another model")
+    one_line_error(code, err, "made by another model")
     assert not any((tmp_path / d).exists() for d in "xyzw")
 
 
@@ -303,7 +316,7 @@ def test_erasers_found_in_out_must_come_from_the_fit_store(real, run_cli, tmp_pa
           batch_size=20)
     args = list(_args(real, out, *quick))
     args[args.index("--fit-store") + 1] = other
-    _one_line_error(*run_cli(*args)[::2], "fitted on another store", str(real["store"]), "--refit")
+    one_line_error(*run_cli(*args)[::2], "fitted on another store", str(real["store"]), "--refit")
     code, _, err = run_cli(*args, "--refit")
     assert code == 0, err
     assert json.loads((out / "erase.json").read_text())["store"] == str(other)

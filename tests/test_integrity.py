@@ -24,18 +24,10 @@ import pytest
 import soundfile as sf
 
 from interp.store import ActivationStore
+from tests.helpers import one_line_error
 
 INTERP = [sys.executable, "-c", "import cli; cli.main()"]
 ENV = {**os.environ, "COLUMNS": "300"}
-
-
-def one_line_error(code, err, *needles):
-    assert code != 0, err
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:") and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -77,9 +69,9 @@ def manifest_with(manifest: Path, name: str, change: dict[int, dict]) -> Path:
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
     """Another checkpoint of the same architecture and size: only its weights differ."""
-    from interp.models import get_family
+    from interp.testing import make_tiny
 
-    return get_family("qwen2-audio").make_tiny(tmp_path_factory.mktemp("other") / "ckpt", seed=1)
+    return make_tiny("qwen2-audio", tmp_path_factory.mktemp("other") / "ckpt", seed=1)
 
 
 # ---- the store: overwrite, identity, disk full, concurrent writers ---------------------------
@@ -227,7 +219,7 @@ def _answers(rows):
 
 
 def test_predictions_are_appended_per_batch_not_rewritten(tmp_path):
-    from cascades.runner import PredictionsFile
+    from cascades.predictions import PredictionsFile
 
     path = tmp_path / "p.jsonl"
     with PredictionsFile(path) as preds:
@@ -303,7 +295,7 @@ def test_cascade_resume_refuses_another_backbone_or_other_transcripts(run_cli, t
 
 def test_a_second_writer_of_a_predictions_file_is_refused(run_cli, tiny_model_dir, tones, tmp_path):
     out = tmp_path / "p.jsonl"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cascades.runner import PredictionsFile\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cascades.predictions import PredictionsFile\n"
                                f"p = PredictionsFile({str(out)!r}, command='interp run held')\n"
                                "print('held', flush=True)\ntime.sleep(120)"], stdout=subprocess.PIPE, text=True, env=ENV)
     try:

@@ -9,7 +9,7 @@ import torch
 
 from interp.audio import load_audio
 from interp.errors import InterpError
-from interp.erasure import Eraser, LayerEraser
+from interp.analysis.leace import Eraser, LayerEraser
 from interp.interventions import (Ablate, Edit, Erase, MeanAblate, Record, Steer, StepContext, Zero,
                                   position_masks)
 from interp.manifest import read_manifest
@@ -85,15 +85,15 @@ def test_interp_run_is_the_package_entry_point(padded):
     assert rec.saved[2][0][2].shape == (sum(len(s.positions) for s in batch.audio), adapter.d_model)
 
 
-class CountingErase(Erase):
-    """Erase that counts its edits per (step, layer) and rows edited."""
+CALLS: dict[tuple[int, int], int] = {}  #: (step, layer) -> rows CountingErase edited
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls: dict[tuple[int, int], int] = {}
+
+class CountingErase(Erase):
+    """Erase that counts its edits per (step, layer) and rows edited, in CALLS (the run applies
+    a bound copy of an intervention, never the object given)."""
 
     def edit(self, rows, layer, ctx):
-        self.calls[(ctx.step, layer)] = self.calls.get((ctx.step, layer), 0) + len(rows)
+        CALLS[(ctx.step, layer)] = CALLS.get((ctx.step, layer), 0) + len(rows)
         return super().edit(rows, layer, ctx)
 
 
@@ -112,9 +112,10 @@ def test_erasure_acts_on_every_generation_step_at_several_layers(padded):
 
     erase = CountingErase(eraser, layers=layers)
     after = Record(layers=[1, 2, 3], positions="all")  # listed after Erase: sees the erased residual
+    CALLS.clear()
     result = run(adapter, batch, [erase, after], generate=True, **GEN)
     assert result.new_tokens.shape == (len(batch), steps)
-    assert erase.calls == {(s, l): (n_real if s == 0 else len(batch)) for s in range(steps) for l in layers}
+    assert CALLS == {(s, l): (n_real if s == 0 else len(batch)) for s in range(steps) for l in layers}
     proj = _projections(after, q)
     assert sorted({s for _, s in proj}) == list(range(steps))
     for (layer, step), p in proj.items():
@@ -183,7 +184,10 @@ def test_checks_refuse_bad_layers_widths_and_models(padded):
     with pytest.raises(InterpError, match="nothing for layer"):
         run(adapter, batch, [MeanAblate(layers=[0, 1], means={0: torch.zeros(adapter.d_model)})])
     # negative layers resolve, in the intervention and in its per-layer table
-    MeanAblate(layers=[-1], means={-1: torch.zeros(adapter.d_model)}).check(adapter)
+    given = MeanAblate(layers=[-1], means={-1: torch.zeros(adapter.d_model)})
+    bound = given.check(adapter)
+    last = adapter.n_layers - 1
+    assert bound.layers == (last,) and set(bound.means) == {last} and given.layers == (-1,)
     eraser = _subspace_eraser(adapter, [1])
     with pytest.raises(InterpError, match="has no layer 2"):
         run(adapter, batch, [Erase(eraser, layers=[2])])
@@ -195,13 +199,32 @@ def test_checks_refuse_bad_layers_widths_and_models(padded):
         run(adapter, batch, [Erase(narrow)])
 
 
-def test_random_ablation_is_seeded_and_projects_out(padded):
+def test_random_ablation_is_the_random_control_of_the_same_seed(padded):
+    """One random-subspace control: `Ablate(rank=k, seed=s)` removes exactly the subspace that
+    `random_control(eraser, seed=s)` erases at a layer where the eraser has rank k, and a run
+    with either leaves the same residual; another seed is another subspace."""
+    from interp.analysis.leace import random_control
+
     adapter, batch = padded
-    a, b = Ablate(layers=[1], rank=4, seed=3), Ablate(layers=[1], rank=4, seed=3)
-    a.check(adapter), b.check(adapter)
-    assert torch.equal(a._basis, b._basis)
-    rows = torch.randn(10, adapter.d_model)
-    assert (a.edit(rows, 1, None).double() @ a._basis).abs().max() < 1e-5
+    eraser = random_control(_subspace_eraser(adapter, [1, 2], rank=4), seed=3)
+    ablate = Ablate(layers=[1, 2], rank=4, seed=3, positions="all")
+    other = Ablate(layers=[1, 2], rank=4, seed=4, positions="all").bind(adapter)
+    bound = ablate.bind(adapter)
+    assert ablate.bases == {} and bound.bases  # binding resolves a copy; the intervention given is unchanged
+    ablate = bound
+    for layer in (1, 2):
+        q = eraser.layer_erasers[layer].proj_left
+        torch.testing.assert_close(ablate.basis(layer), q, rtol=0, atol=0)
+        assert (ablate.basis(layer).T @ other.basis(layer)).abs().max() < 0.9  # not the same subspace
+    assert not torch.allclose(ablate.basis(1), ablate.basis(2))  # a subspace of its own per layer
+    by_ablate, by_erase = Record(layers=[3], positions="all"), Record(layers=[3], positions="all")
+    run(adapter, batch, [ablate, by_ablate])
+    run(adapter, batch, [Erase(eraser), by_erase])
+    torch.testing.assert_close(by_ablate.saved[3][0][2], by_erase.saved[3][0][2], rtol=1e-4, atol=1e-5)
+    # the residual after the ablation has nothing left in the subspace
+    rec = Record(layers=[1], positions="all")
+    run(adapter, batch, [ablate, rec])
+    assert (rec.saved[1][0][2].double() @ ablate.basis(1)).abs().max() < 1e-4
 
 
 def test_patch_from_store_restores_the_recorded_run(tiny_adapter, tmp_path):

@@ -44,12 +44,13 @@ def test_full_and_read_only_file_systems_give_one_line_and_lose_nothing(tiny_mod
     from interp.manifest import read_manifest
     from interp.models import load_model
     from interp.trace import trace
+    from tasks import speech_prompt
 
     model, manifest = tiny_model_dir("qwen2-audio"), tones(6)
     adapter = load_model(model, device="cpu")
     rows = read_manifest(manifest)
     reference = tmp_path / "ref.h5"
-    trace(adapter, rows, reference, positions="all", batch_size=1)
+    trace(adapter, rows, reference, positions="all", batch_size=1, prompt=speech_prompt)  # as `interp trace` does
     store = tmp_path / "small.h5"
     trace(adapter, rows, store, layers="0", positions="audio-mean", batch_size=6)
     preds = []

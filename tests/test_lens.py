@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-import cli
 from interp.audio import write_wav
 from interp.errors import InterpError
-from interp.lens import TokenForms, bag_of_tokens, emit_manifest, lens_live, lens_logits, lens_store
-from interp.models import family_names, get_family, load_model
+from interp.analysis.lens import TokenForms, bag_of_tokens, lens_live, lens_logits, lens_store
+from interp.analysis.lens_outputs import emit_manifest
+from interp.models import family_names, load_model
+from interp.testing import make_tiny
 from interp.trace import record, trace
 from tests.test_probes import make_store
 
@@ -28,13 +28,7 @@ def _waves():
 
 
 def _tiny(family: str, tmp_path_factory):
-    try:
-        cls = get_family(family)
-        path = cls.make_tiny(tmp_path_factory.mktemp(family.replace("-", "_")) / "ckpt")
-    except NotImplementedError:
-        pytest.skip(f"{family}: make_tiny is not implemented yet")
-    except ImportError as e:
-        pytest.skip(f"{family}: cannot import its model classes ({e})")
+    path = make_tiny(family, tmp_path_factory.mktemp(family.replace("-", "_")) / "ckpt")
     return load_model(path, dtype="float32", device="cpu")
 
 
@@ -220,22 +214,11 @@ def test_emit_manifest_keeps_fields(qwen, rows, live, tmp_path):
 # ---- CLI --------------------------------------------------------------------------------------
 
 
-def _cli(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(sys, "argv", ["interp", *map(str, argv)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_lens_live_writes_lens_plots_and_manifest(qwen, rows, tmp_path, monkeypatch, capsys):
+def test_cli_lens_live_writes_lens_plots_and_manifest(qwen, rows, tmp_path, run_cli):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out, plot, emitted = tmp_path / "lens.jsonl", tmp_path / "lens.png", tmp_path / "implicit.jsonl"
-    code, stdout, err = _cli(monkeypatch, capsys, "lens", qwen.path, "--data", manifest, "--layers", "0", "--top-k", "2",
+    code, stdout, err = run_cli("lens", qwen.path, "--data", manifest, "--layers", "0", "--top-k", "2",
                              "--device", "cpu", "--out", out, "--plot", plot, "--emit-text", "-1",
                              "--emit-manifest", emitted)
     assert code == 0, err
@@ -251,7 +234,7 @@ def test_cli_lens_live_writes_lens_plots_and_manifest(qwen, rows, tmp_path, monk
 
 
 @pytest.mark.parametrize("case", ["other_model", "missing_layer"])
-def test_cli_lens_bad_input_one_line(qwen, tmp_path, monkeypatch, capsys, case):
+def test_cli_lens_bad_input_one_line(qwen, tmp_path, run_cli, case):
     d = qwen.d_model
     items = [{"id": "x", "row": {"id": "x", "transcript": "a"}, "resid": {"0": np.zeros((3, d)), "1": np.zeros((3, d))}}]
     if case == "other_model":
@@ -261,7 +244,7 @@ def test_cli_lens_bad_input_one_line(qwen, tmp_path, monkeypatch, capsys, case):
         store = make_store(tmp_path / "s.h5", items, ["0", "1"], d,
                            {"model_fingerprint": qwen.fingerprint(), "n_model_layers": qwen.n_layers})
         args, expected = ["--layers", "0,3"], "layer(s) 3 not in the store"
-    code, out, err = _cli(monkeypatch, capsys, "lens", qwen.path, "--store", store, "--device", "cpu",
+    code, out, err = run_cli("lens", qwen.path, "--store", store, "--device", "cpu",
                           "--out", tmp_path / "l.jsonl", *args)
     lines = [x for x in err.splitlines() if x.strip()]
     assert code != 0 and "Traceback" not in out + err

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.models.pretrained import RECORD, Carrier, Pretrained, get_pretrained, verify
+from interp.models.catalogue import Carrier, Pretrained
+from interp.models.pretrained import RECORD, get_pretrained, verify
 
 MEMBER = "fake_carrier/model/weights.txt"
 
@@ -40,11 +41,11 @@ class Conversions:
         self.spec = Pretrained("fake-model", "a stand-in", carrier, self.convert, self.check)
 
     def convert(self, payload: Path, out: Path) -> Path:
-        from interp.models.whisper import Whisper
+        from interp.testing import make_tiny
 
         self.calls += 1
         time.sleep(self.sleep)
-        Whisper.make_tiny(out, seed=0)
+        make_tiny("whisper", out, seed=0)
         if self.fail:
             raise RuntimeError("conversion died half-way")
         (out / "payload.txt").write_bytes((payload / MEMBER).read_bytes())
@@ -168,9 +169,9 @@ def test_cli_get_bad_wheel_is_one_line(run_cli, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory):
-    from interp.models.whisper import Whisper
+    from interp.testing import make_tiny
 
-    return Whisper.make_tiny(tmp_path_factory.mktemp("tiny-whisper"), seed=3)
+    return make_tiny("whisper", tmp_path_factory.mktemp("tiny-whisper"), seed=3)
 
 
 @pytest.mark.parametrize("quantization", ["float32", "float16", "bfloat16"])

@@ -75,7 +75,7 @@ def test_lens_first_prediction_is_the_transcripts_first_token(whisper_en, espeak
     first token Whisper then generates (the lens and `generate` see the same prompt), and that
     is the spoken text's first word on about half these items (0 with the multilingual prompt,
     below)."""
-    from interp.lens import TokenForms, lens_live
+    from interp.analysis.lens import TokenForms, lens_live
 
     rows = read_manifest(espeak_items)
     result = lens_live(whisper_en, rows, layers=str(whisper_en.n_layers - 1), top_k=1)

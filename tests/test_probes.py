@@ -1,4 +1,4 @@
-"""Probes on synthetic stores with planted signals: interp.probes and `interp probe`."""
+"""Probes on synthetic stores with planted signals: interp.analysis (targets, probing, sweep) and `interp probe`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import pytest
 import cli
 from interp.audio import write_wav
 from interp.errors import InterpError
-from interp.probes import (ProbeConfig, _span_features, build_target, make_folds, normalise_text, position_energy_db,
-                           position_pitch, probe)
+from interp.analysis.acoustics import position_energy_db, position_pitch
+from interp.analysis.probing import ProbeConfig, make_folds, span_features
+from interp.analysis.sweep import probe
+from interp.analysis.targets import build_target
+from interp.text import normalise_text
 from interp.store import ActivationStore, ItemRecord, StoreWriter
 
 SR = 16000
@@ -118,7 +121,19 @@ def test_many_small_classes_still_run(tmp_path):
              for i in range(12)]
     path = make_store(tmp_path / "small.h5", items, ["0"], 6)
     result = probe(path, "label", config=ProbeConfig(folds=3))
-    assert len(result.layers) == 1 and 0.0 <= result.layers[0].score <= 1.0
+    (layer,) = result.layers
+    with ActivationStore(path) as store:
+        target = build_target(store, "label")
+        folds = make_folds(target, 3, seed=0)
+    # each fold's accuracy counts that fold's test items; the baseline is the training fold's
+    # majority class, computed here independently of the probe code
+    sizes = [len(test) for _, test in folds]
+    assert sorted(sizes) == [4, 4, 4] and len(layer.fold_scores) == 3
+    assert all(abs(s * n - round(s * n)) < 1e-9 for s, n in zip(layer.fold_scores, sizes))
+    assert layer.score == pytest.approx(np.mean(layer.fold_scores))
+    y = np.asarray(target.y)
+    majority = [np.mean(y[test] == np.bincount(y[train]).argmax()) for train, test in folds]
+    assert layer.baseline == pytest.approx(np.mean(majority))
     assert any("not stratified" in n for n in result.notes)
     json.dumps(result.to_dict(), allow_nan=False)
 
@@ -130,7 +145,7 @@ def test_span_reparametrisation_is_exact():
     X = rng.normal(size=(40, 200)).astype(np.float32)
     y = (X[:, 0] + 0.5 * rng.normal(size=40) > 0).astype(int)
     train, test = np.arange(30), np.arange(30, 40)
-    Z = _span_features(X, train)
+    Z, _ = span_features(X, train)
     assert Z.shape == (40, 30)
     full = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(X[train], y[train])
     span = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(Z[train], y[train])
@@ -288,25 +303,14 @@ def test_library_errors(label_store, tmp_path):
     assert ActivationStore(label_store).resolve_layers("embed,-1") == ["embed", "3"]
 
 
-def _cli(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["interp", *map(str, argv)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize("args, expected", [
     (["--target", "mood"], "the store has no target 'mood'; item fields:"),
     (["--target", "const"], "target 'const' has one class ('same')"),
     (["--target", "label", "--layers", "0,7"], "layer(s) 7 not in the store"),
     (["--target", "ctc", "--positions", "audio-mean"], "use --positions audio"),
 ])
-def test_cli_bad_input_one_line(label_store, monkeypatch, capsys, tmp_path, args, expected):
-    code, out, err = _cli(monkeypatch, capsys, "probe", label_store, *args, "--out", tmp_path / "p.json")
+def test_cli_bad_input_one_line(label_store, run_cli, tmp_path, args, expected):
+    code, out, err = run_cli("probe", label_store, *args, "--out", tmp_path / "p.json")
     lines = [x for x in err.splitlines() if x.strip()]
     assert code != 0 and "Traceback" not in out + err
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], err
@@ -321,9 +325,9 @@ def test_cli_bad_input_in_a_fresh_process(label_store, tmp_path):
     assert len(lines) == 1 and "no target 'mood'" in lines[0]
 
 
-def test_cli_probe_writes_json_and_plot(label_store, monkeypatch, capsys, tmp_path):
+def test_cli_probe_writes_json_and_plot(label_store, run_cli, tmp_path):
     out, plot = tmp_path / "probe.json", tmp_path / "curve.png"
-    code, stdout, err = _cli(monkeypatch, capsys, "probe", label_store, "--target", "label", "--layers", "1,2",
+    code, stdout, err = run_cli("probe", label_store, "--target", "label", "--layers", "1,2",
                              "--folds", "3", "--out", out, "--plot", plot)
     assert code == 0, err
     data = json.loads(out.read_text())

@@ -56,8 +56,14 @@ def test_roundtrip_select_iterate_and_transformer_lens_names(tmp_path, finished)
         assert seen == list(range(7))
         assert s.field("speaker")[4] == "s1"
         assert np.isnan(s.items["snr_db"][1]) and s.items["snr_db"][0] == 5.0
-        tl = s.to_transformer_lens(items=[0])
+        tl = s.to_transformer_lens(items=[0, 3])
         assert set(tl) == {"blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
+        assert tl.mask.tolist() == [[True] * 3 + [False] * 3, [True] * 6] and tl.ids == ["i0", "i3"]
+        for name, layer in (("blocks.0.hook_resid_pre", "embed"), ("blocks.1.hook_resid_post", "1")):
+            assert tl[name].shape == (2, 6, 8)
+            np.testing.assert_array_equal(tl[name][0, :3].numpy(), recs[0].resid[layer])
+            np.testing.assert_array_equal(tl[name][1].numpy(), recs[3].resid[layer])
+            assert not tl[name][0, 3:].any()
         pooled = s.pooled("1", items=[3])
         np.testing.assert_allclose(pooled[0], recs[3].resid["1"][recs[3].is_audio].mean(0), rtol=1e-6)
     # plain h5py, no interp: the documented layouts

@@ -5,7 +5,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -114,14 +113,12 @@ def test_tasks_templates_and_voices_commands(run_cli, tmp_path):
     assert code == 0 and "en-us" in err and "f3" in err
 
 
-def test_demo_data_is_fast_and_has_two_tasks_and_a_noisy_condition(tmp_path):
+def test_demo_data_has_two_tasks_and_a_noisy_condition(tmp_path):
+    """(How long it takes is measured by benchmarks/bench_demo_data.py, not asserted here.)"""
     from interp.audio import load_audio
     from interp.manifest import read_manifest
 
-    start = time.perf_counter()
     paths = demo_data(tmp_path / "demo")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 10
     clean = read_manifest(paths["clean"])
     assert {r["task"] for r in clean} == {"agnews", "sst2"} and len(clean) == 12
     assert len({r["id"] for r in clean}) == 12

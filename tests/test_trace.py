@@ -10,7 +10,9 @@ from interp.audio import load_audio
 from interp.manifest import read_manifest
 from interp.models import family_names
 from interp.store import ActivationStore
-from interp.trace import DEFAULT_INSTRUCTION, parse_layers, record, trace
+from interp.layers import parse_layers
+from interp.trace import DEFAULT_INSTRUCTION, record, trace
+from tests.helpers import captured
 
 DECODER_FAMILIES = family_names()  # whisper too: its decoder over the transcription prompt
 ENCODER_FAMILIES = family_names()
@@ -153,30 +155,8 @@ def test_encoder_component_records_frames(family, tiny_adapter, tones, tmp_path)
             assert len(r) == len(spans[0].positions)
             if family != "phi4-mm":  # Conformer frames are 80 ms and counted by the processor's rule
                 assert len(r) == int(np.ceil(round(store.items["audio_seconds"][i] / adapter.encoder_seconds_per_frame, 6)))
-            seen = {}
-
-            def keep(name, value):
-                seen.setdefault(name, value[0] if isinstance(value, tuple) else value)
-
             blocks = adapter.encoder_layers
-            handles = [blocks[0].register_forward_pre_hook(
-                lambda m, args, kw: keep("embed", args[0] if args else next(iter(kw.values()))), with_kwargs=True)]
-            handles += [b.register_forward_hook(lambda m, a, o, k=str(k): keep(k, o)) for k, b in enumerate(blocks)]
-            try:
-                with torch.no_grad():
-                    encoder(**kwargs)
-            finally:
-                for h in handles:
-                    h.remove()
+            with captured({str(k): b for k, b in enumerate(blocks)}, {"embed": blocks[0]}) as seen, torch.no_grad():
+                encoder(**kwargs)
             for layer in store.layers:
                 np.testing.assert_array_equal(store.read(layer, items=[i]), seen[layer][0, :len(r)].numpy())
-
-
-def test_parse_layers():
-    assert parse_layers("all", 3) == ["embed", "0", "1", "2"]
-    assert parse_layers("2,0,-1", 4) == ["0", "2", "3"]
-    assert parse_layers("embed,1", 4) == ["embed", "1"]
-    from interp.errors import InterpError
-
-    with pytest.raises(InterpError, match="out of range"):
-        parse_layers("0,9", 4)

@@ -9,15 +9,7 @@ import pytest
 import soundfile as sf
 
 from interp.store import ActivationStore
-
-
-def _one_line_error(code, err, *needles):
-    assert code != 0
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
+from tests.helpers import one_line_error
 
 
 def test_models_list_and_make_tiny(run_cli, tmp_path):
@@ -29,7 +21,7 @@ def test_models_list_and_make_tiny(run_cli, tmp_path):
 
     Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "m")
     AutoProcessor.from_pretrained(tmp_path / "m")
-    _one_line_error(*run_cli("models", "make-tiny", "nope", "--out", tmp_path / "x")[::2], "unknown model family", "qwen2-audio")
+    one_line_error(*run_cli("models", "make-tiny", "nope", "--out", tmp_path / "x")[::2], "unknown model family", "qwen2-audio")
 
 
 def test_trace_cli_end_to_end_and_overwrite_rules(run_cli, tiny_model_dir, tones, tmp_path):
@@ -41,13 +33,13 @@ def test_trace_cli_end_to_end_and_overwrite_rules(run_cli, tiny_model_dir, tones
         assert s.attrs["command"].startswith("interp trace")
         assert json.loads(s.attrs["library_versions"])["transformers"]
     before = out.read_bytes()
-    _one_line_error(*run_cli("trace", model, "--data", manifest, "--out", out)[::2], "--resume", "--overwrite")
+    one_line_error(*run_cli("trace", model, "--data", manifest, "--out", out)[::2], "--resume", "--overwrite")
     assert out.read_bytes() == before
     code, _, err = run_cli("trace", model, "--data", manifest, "--out", out, "--layers", "0,2", "--resume")
     assert code == 0, err
     with ActivationStore(out) as s:
         assert s.n_items == 3
-    _one_line_error(*run_cli("trace", model, "--data", manifest, "--out", out, "--layers", "1", "--resume")[::2], "layers")
+    one_line_error(*run_cli("trace", model, "--data", manifest, "--out", out, "--layers", "1", "--resume")[::2], "layers")
     assert run_cli("trace", model, "--data", manifest, "--out", out, "--layers", "1", "--overwrite")[0] == 0
 
 
@@ -90,7 +82,7 @@ def test_bad_manifests_and_audio(case, needles, run_cli, tiny_model_dir, tmp_pat
         m = _manifest(tmp_path, [row])
     out = tmp_path / "acts.h5"
     code, _, err = run_cli("trace", tiny_model_dir("qwen2-audio"), "--data", m, "--out", out)
-    _one_line_error(code, err, *needles)
+    one_line_error(code, err, *needles)
     if case in ("not_json", "no_audio", "duplicate", "missing_file"):
         assert not out.exists()  # rejected before anything is written
 
@@ -98,17 +90,17 @@ def test_bad_manifests_and_audio(case, needles, run_cli, tiny_model_dir, tmp_pat
 def test_bad_model_layers_and_output(run_cli, tiny_model_dir, tones, tmp_path):
     manifest = tones(1)
     model = tiny_model_dir("qwen2-audio")
-    _one_line_error(*run_cli("trace", tmp_path / "nope", "--data", manifest, "--out", tmp_path / "a.h5")[::2],
+    one_line_error(*run_cli("trace", tmp_path / "nope", "--data", manifest, "--out", tmp_path / "a.h5")[::2],
                     "not found", "qwen2-audio")
     other = tmp_path / "bert"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    _one_line_error(*run_cli("trace", other, "--data", manifest, "--out", tmp_path / "a.h5")[::2], "'bert'", "supported")
-    _one_line_error(*run_cli("trace", model, "--data", manifest, "--out", tmp_path / "a.h5", "--layers", "0,99")[::2],
+    one_line_error(*run_cli("trace", other, "--data", manifest, "--out", tmp_path / "a.h5")[::2], "'bert'", "supported")
+    one_line_error(*run_cli("trace", model, "--data", manifest, "--out", tmp_path / "a.h5", "--layers", "0,99")[::2],
                     "out of range")
     blocked = tmp_path / "file"
     blocked.write_text("x")
-    _one_line_error(*run_cli("trace", model, "--data", manifest, "--out", blocked / "a.h5")[::2], "cannot write")
+    one_line_error(*run_cli("trace", model, "--data", manifest, "--out", blocked / "a.h5")[::2], "cannot write")
 
 
 def test_stereo_other_rates_and_long_audio(run_cli, tiny_model_dir, tmp_path):
@@ -131,7 +123,7 @@ def test_stereo_other_rates_and_long_audio(run_cli, tiny_model_dir, tmp_path):
 
 def test_whisper_decoder_has_no_audio_positions(run_cli, tiny_model_dir, tones, tmp_path):
     model, manifest = tiny_model_dir("whisper"), tones(1)
-    _one_line_error(*run_cli("trace", model, "--data", manifest, "--out", tmp_path / "a.h5")[::2],
+    one_line_error(*run_cli("trace", model, "--data", manifest, "--out", tmp_path / "a.h5")[::2],
                     "no audio positions", "--component encoder")
     assert not (tmp_path / "a.h5").exists()
     code, _, err = run_cli("trace", model, "--data", manifest, "--out", tmp_path / "a.h5", "--component", "encoder")

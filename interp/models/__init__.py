@@ -81,12 +81,9 @@ def load_model(path: str | Path, dtype="auto", device: str = "auto", device_map=
 
     `audio_model` / `text_model`: local folders of the base models a checkpoint names by hub
     id (Ultravox's `audio_model_id` / `text_model_id`), where they are not in the HF cache."""
-    import torch
+    from interp.models.base import resolve_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise InterpError("--device cuda asked for but no CUDA device is visible; use --device cpu")
+    device = resolve_device(device)
     cls = detect_family(path)
     bases = {k: v for k, v in (("audio_model", audio_model), ("text_model", text_model)) if v is not None}
     if bases and not cls.names_base_models:

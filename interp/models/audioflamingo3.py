@@ -6,21 +6,14 @@ One audio position = 40 ms: 10 ms mel frames, the encoder's stride-2 conv (20 ms
 its average pooling by 2 (`AudioFlamingo3Encoder.forward`, `avg_pooler`). The processor expands
 `<sound>` into `(((L - 1) // 2 + 1) - 2) // 2 + 1` copies for L real mel frames
 (`AudioFlamingo3Processor._get_audio_token_length`), the same count the model keeps
-(`get_audio_features`, `_get_feat_extract_output_lengths`). The processor cuts audio into 30 s
-windows (up to `max_audio_len` = 600 s); this adapter keeps one window per item (longer audio is
-truncated), so an item's positions run continuously from 0 s.
+(`get_audio_features`, `_get_feat_extract_output_lengths`, which `prepare` calls). The
+processor cuts audio into 30 s windows (up to `max_audio_len` = 600 s); this adapter keeps one
+window per item (longer audio is truncated), so an item's positions run continuously from 0 s.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-import torch
-
-from interp.errors import InterpError
-from interp.models.base import (AudioSpan, Batch, EncoderProjectorDecoder, frame_times,
-                                spans_from_mask, whisper_pooled_positions)
+from interp.models.base import Batch, EncoderProjectorDecoder
 
 
 class AudioFlamingo3(EncoderProjectorDecoder):
@@ -28,6 +21,7 @@ class AudioFlamingo3(EncoderProjectorDecoder):
     description = "Audio Flamingo 3 (audio-flamingo-3-hf): AF-Whisper encoder -> 2-layer MLP -> Qwen2.5-7B"
     model_types = ("audioflamingo3",)
     seconds_per_audio_position = 0.04
+    feature_mask_key = "input_features_mask"
 
     @classmethod
     def model_class(cls):
@@ -35,57 +29,12 @@ class AudioFlamingo3(EncoderProjectorDecoder):
 
         return AudioFlamingo3ForConditionalGeneration
 
-    def prepare(self, waveforms, instructions, padding_side="right") -> Batch:
-        waveforms, durations, truncated = self.truncate(waveforms)
-        inputs = self.processor(text=[self.prompt_text(t) for t in instructions],
-                                audio=[np.asarray(w, dtype=np.float32) for w in waveforms],
-                                sampling_rate=self.sampling_rate, padding_side=padding_side)
-        mel = inputs["input_features_mask"].sum(-1)
-        if len(mel) != len(waveforms):
-            raise InterpError(f"{self.family}: expected one 30 s window per item, got {len(mel)} for {len(waveforms)}")
-        counts = [whisper_pooled_positions(int(n)) for n in mel]
-        ids = inputs["input_ids"]
-        spans = spans_from_mask(ids == self.model.config.audio_token_id, counts, self.seconds_per_audio_position, durations)
-        batch = Batch(dict(inputs), ids, inputs["attention_mask"], spans, durations, truncated)
-        return batch.to(self.device, self.dtype)
+    def processor_inputs(self, prompts, waveforms, padding_side):
+        return self.processor(text=prompts, audio=waveforms, sampling_rate=self.sampling_rate, padding_side=padding_side)
 
     def encoder_inputs(self, batch: Batch):
         # The encoder attends only to the real frames (input_features_mask); padding frames
         # of the 30 s window are computed but not recorded.
-        mask = batch.inputs["input_features_mask"]
-        spans = []
-        for m, d in zip(mask.sum(-1).tolist(), batch.durations):
-            n = (int(m) - 1) // 2 + 1
-            start, end = frame_times(n, self.encoder_seconds_per_frame, min(d, self.max_audio_seconds))
-            spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
-        return {"input_features": batch.inputs["input_features"], "input_features_mask": mask}, spans
-
-    @classmethod
-    def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
-                  encoder_d_model: int = 64) -> Path:
-        from transformers import (AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration,
-                                  AudioFlamingo3Processor, WhisperFeatureExtractor)
-
-        from interp.models.tiny import make_tokenizer
-
-        tok = make_tokenizer(["<sound>"], audio_placeholder="<sound>")
-        processor = AudioFlamingo3Processor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
-                                            chat_template=tok.chat_template)
-        heads = max(2, d_model // 32)
-        config = AudioFlamingo3Config(
-            audio_config=dict(hidden_size=encoder_d_model, intermediate_size=2 * encoder_d_model,
-                              num_hidden_layers=encoder_layers, num_attention_heads=4, num_mel_bins=128),
-            text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=d_model,
-                             intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=heads,
-                             num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-            audio_token_id=tok.convert_tokens_to_ids("<sound>"),
-        )
-        torch.manual_seed(seed)
-        model = AudioFlamingo3ForConditionalGeneration(config).eval()
-        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
-        model.generation_config.pad_token_id = tok.pad_token_id
-        out = Path(out)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        return out
+        inputs = {"input_features": batch.inputs["input_features"],
+                  "input_features_mask": batch.inputs["input_features_mask"]}
+        return inputs, self.encoder_frames(batch)

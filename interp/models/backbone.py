@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from interp.errors import InterpError
 from interp.models.base import SpeechLM

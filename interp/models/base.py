@@ -15,8 +15,8 @@ its nnsight envoy.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -83,6 +83,9 @@ class SpeechLM:
     unembed_path: ClassVar[str]  #: the unembedding (lm_head)
     embed_path: ClassVar[str]  #: the token embedding of the decoder
     encoder_layers_path: ClassVar[str | None] = None  #: audio encoder blocks
+    attn_name: ClassVar[str | None] = "self_attn"  #: a decoder block's self-attention, relative to the block
+    mlp_name: ClassVar[str | None] = "mlp"  #: a decoder block's MLP, relative to the block
+    projector_path: ClassVar[str | None] = None  #: the audio projector (interp.sites: projector.hook_out)
     encoder_seconds_per_frame: ClassVar[float] = 0.02
     seconds_per_audio_position: ClassVar[float]  #: audio time per decoder audio position
     sampling_rate: ClassVar[int] = 16000
@@ -102,7 +105,6 @@ class SpeechLM:
         self.model = model
         self.processor = processor
         self.path = str(path)
-        self._nnsight = None
 
     # ---- loading -------------------------------------------------------------------
 
@@ -131,11 +133,6 @@ class SpeechLM:
         proc_kwargs = {"trust_remote_code": True} if cls.trust_remote_code else {}
         processor = cls.processor_class().from_pretrained(str(path), **proc_kwargs)
         return cls(model, processor, path)
-
-    @classmethod
-    def make_tiny(cls, out: str | Path, seed: int = 0) -> Path:
-        """Write a tiny random checkpoint of this family's real class, loadable offline."""
-        raise NotImplementedError
 
     # ---- where things are ------------------------------------------------------------
 
@@ -180,31 +177,29 @@ class SpeechLM:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    @property
+    @cached_property
     def nnsight(self):
         """The model wrapped for nnsight tracing (made once, shared by all tools)."""
-        if self._nnsight is None:
-            from nnsight import NNsight
+        from nnsight import NNsight
 
-            self._nnsight = NNsight(self.model)
-        return self._nnsight
+        return NNsight(self.model)
 
     def envoy(self, path: str):
-        obj = self.nnsight
-        for part in path.split("."):
-            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-        return obj
+        """The nnsight envoy of the module at a dotted path (nnsight's own lookup)."""
+        return self.nnsight.get(path)
 
     def fingerprint(self) -> str:
         """The checkpoint's identity: its config without runtime keys (dtype, attention
         implementation) plus a sampled hash of its identifying weights as stored on disk
         (`interp.fingerprint`). The same folder run in another dtype has the same fingerprint;
         the dtype is recorded apart (`runtime_dtype`)."""
-        if getattr(self, "_fingerprint", None) is None:
-            from interp.fingerprint import model_fingerprint
-
-            self._fingerprint = model_fingerprint(self.path, self.model)
         return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
+        from interp.fingerprint import model_fingerprint
+
+        return model_fingerprint(self.path, self.model)
 
     @property
     def runtime_dtype(self) -> str:
@@ -267,14 +262,63 @@ class SpeechLM:
 class EncoderProjectorDecoder(SpeechLM):
     """The common native layout (Qwen2-Audio, Voxtral, Audio Flamingo 3): `model.audio_tower`
     (a Whisper-style encoder) -> `model.multi_modal_projector` -> `model.language_model` (the
-    decoder) and a top-level `lm_head`; audio embeddings replace placeholder tokens."""
+    decoder) and a top-level `lm_head`; audio embeddings replace placeholder tokens.
+
+    `prepare` is written once here: the family's processor builds the inputs
+    (`processor_inputs`), and each item gets as many audio positions as the model's own
+    encoder computes from its real mel frames (`_get_feat_extract_output_lengths` of the audio
+    tower, over the processor's feature mask `feature_mask_key`)."""
 
     layers_path = "model.language_model.layers"
     norm_path = "model.language_model.norm"
     unembed_path = "lm_head"
     embed_path = "model.language_model.embed_tokens"
     encoder_layers_path = "model.audio_tower.layers"
+    audio_tower_path: ClassVar[str] = "model.audio_tower"
+    projector_path = "model.multi_modal_projector"
     encoder_seconds_per_frame = 0.02
+    feature_mask_key: ClassVar[str] = "feature_attention_mask"  #: the processor's mask of real mel frames
+
+    def processor_inputs(self, prompts: list[str], waveforms: list[np.ndarray], padding_side: str) -> dict:
+        """The family's processor on prompts and float32 waveforms, as PyTorch tensors."""
+        raise NotImplementedError
+
+    def audio_lengths(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoder frames after the conv, audio positions) per item, from the model's own formula."""
+        tower = self.module(self.audio_tower_path)
+        return tower._get_feat_extract_output_lengths(inputs[self.feature_mask_key].sum(-1))
+
+    def prepare(self, waveforms, instructions, padding_side: str = "right") -> Batch:
+        waveforms, durations, truncated = self.truncate(waveforms)
+        inputs = dict(self.processor_inputs([self.prompt_text(t) for t in instructions],
+                                            [np.asarray(w, dtype=np.float32) for w in waveforms], padding_side))
+        counts = [int(n) for n in self.audio_lengths(inputs)[1]]
+        if len(counts) != len(waveforms):
+            raise InterpError(f"{self.family}: expected one 30 s window per item, got {len(counts)} for {len(waveforms)}")
+        ids = inputs["input_ids"]
+        spans = spans_from_mask(ids == self.model.config.audio_token_id, counts, self.seconds_per_audio_position,
+                                durations)
+        return Batch(inputs, ids, inputs["attention_mask"], spans, durations, truncated).to(self.device, self.dtype)
+
+    def encoder_frames(self, batch: Batch) -> list[AudioSpan]:
+        """Each item's encoder frames of real audio (frames of the window's padding are not recorded)."""
+        conv, _ = self.audio_lengths(batch.inputs)
+        spans = []
+        for n, d in zip(conv.tolist(), batch.durations):
+            start, end = frame_times(int(n), self.encoder_seconds_per_frame, min(d, self.max_audio_seconds))
+            spans.append(AudioSpan(np.arange(int(n), dtype=np.int64), start, end))
+        return spans
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> str:
+    """The one device rule: "auto" (or None) is cuda when a CUDA device is visible, else cpu;
+    a cuda device asked for where none is visible is an error."""
+    device = "auto" if device is None else str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InterpError("--device cuda asked for but no CUDA device is visible; use --device cpu")
+    return device
 
 
 def resolve_dtype(choice: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
@@ -299,12 +343,6 @@ def _as_dtype(dtype) -> torch.dtype:
     if dtype not in table:
         raise InterpError(f"unknown dtype '{dtype}'; use one of float32, float16, bfloat16")
     return table[dtype]
-
-
-def whisper_pooled_positions(mel_frames: int) -> int:
-    """Audio positions for `mel_frames` 10 ms frames through a Whisper encoder (stride-2 conv)
-    followed by average pooling by 2, as in Qwen2-Audio and Audio Flamingo 3."""
-    return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
 def spans_from_mask(is_audio: torch.Tensor, counts: Sequence[int], seconds_per_position: float,

@@ -41,13 +41,11 @@ activations it has alone.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, warn
 from interp.models.base import AudioSpan, Batch, SpeechLM, frame_times, spans_from_mask
 from interp.models.lora import LoraAdapter, apply_lora
 
@@ -91,6 +89,7 @@ class Phi4Multimodal(SpeechLM):
     unembed_path = "lm_head"
     embed_path = "model.embed_tokens"
     encoder_layers_path = "model.embed_tokens_extend.audio_embed.encoder.encoders"
+    projector_path = "model.embed_tokens_extend.audio_embed.down_proj_for_speech"  # up -> GELU -> down: the speech projector
     encoder_seconds_per_frame = 0.08  # encoder blocks run after the 8x time reduction
     seconds_per_audio_position = 0.08
     max_batch_size = 1  # padding leaks into the Conformer's activations (see the module docstring)
@@ -116,7 +115,7 @@ class Phi4Multimodal(SpeechLM):
         if (lora_dir / "adapter_config.json").is_file():
             adapter.speech_lora = apply_lora(adapter.model, lora_dir, name="speech")
         else:
-            warnings.warn(f"{path} has no {SPEECH_LORA}/ folder: Phi-4-multimodal runs without its speech LoRA")
+            warn(f"{path} has no {SPEECH_LORA}/ folder: Phi-4-multimodal runs without its speech LoRA")
         return adapter
 
     def text_only(self):
@@ -167,35 +166,3 @@ class Phi4Multimodal(SpeechLM):
             spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
         return {"hidden_states": batch.inputs["audio_input_features"],
                 "mask": batch.inputs.get("audio_attention_mask")}, spans
-
-    @classmethod
-    def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
-                  encoder_d_model: int = 64) -> Path:
-        from transformers import Phi4MultimodalConfig, Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM
-
-        from interp.models.tiny import PHI, make_tokenizer
-
-        tok = make_tokenizer(["<|image|>", "<|audio|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-                             template=PHI, named_tokens={"image_token": "<|image|>", "audio_token": "<|audio|>"})
-        heads = max(2, d_model // 32)
-        config = Phi4MultimodalConfig(
-            vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
-            original_max_position_embeddings=4096, bos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-            eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")],
-            audio_config=dict(hidden_size=encoder_d_model, intermediate_size=2 * encoder_d_model,
-                              num_blocks=encoder_layers, num_attention_heads=4, ext_pw_out_channel=encoder_d_model,
-                              depthwise_separable_out_channel=encoder_d_model, nemo_conv_channels=32,
-                              audio_token_id=tok.audio_token_id),
-            # The vision tower is built whatever the input; keep it minimal.
-            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               image_token_id=tok.image_token_id),
-        )
-        torch.manual_seed(seed)
-        model = Phi4MultimodalForCausalLM(config).eval()
-        model.generation_config.pad_token_id = tok.pad_token_id
-        out = Path(out)
-        model.save_pretrained(out)
-        Phi4AudioProcessor(Phi4MultimodalFeatureExtractor(audio_compression_rate=config.audio_config.time_reduction),
-                           tok).save_pretrained(out)
-        return out

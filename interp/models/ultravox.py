@@ -18,7 +18,6 @@ row's padding.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +37,7 @@ class Ultravox(SpeechLM):
     unembed_path = "language_model.lm_head"
     embed_path = "language_model.model.embed_tokens"
     encoder_layers_path = "audio_tower.layers"
+    projector_path = "multi_modal_projector"
     encoder_seconds_per_frame = 0.02
     seconds_per_audio_position = 0.16
     names_base_models = True
@@ -173,40 +173,3 @@ class Ultravox(SpeechLM):
             start, end = frame_times(n, self.encoder_seconds_per_frame, d)
             spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
         return kwargs, spans
-
-    # ---- tiny checkpoint -------------------------------------------------------------
-
-    @classmethod
-    def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
-                  encoder_d_model: int = 32, version: str = "v0.6") -> Path:
-        """A tiny random checkpoint in the released layout (every weight in the folder, no
-        hub ids), built with this package's implementation. `version` "v0.6" also gives the
-        tokenizer an `<|audio|>` special token and the config its `audio_token_index`."""
-        from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-        from interp.models.tiny import LLAMA3, LLAMA3_SPECIALS, make_tokenizer
-        from interp.models.ultravox_checkpoint import build_ultravox, save_ultravox
-        from interp.models.ultravox_modeling import AUDIO_PLACEHOLDER, UltravoxProcessor
-
-        if version not in ("v0.5", "v0.6"):
-            raise InterpError(f"unknown Ultravox version '{version}'; use v0.5 or v0.6")
-        tok = make_tokenizer(LLAMA3_SPECIALS, eos="<|eot_id|>", bos="<|begin_of_text|>", template=LLAMA3)
-        vocab = len(tok)
-        audio_token_index = None
-        if version == "v0.6":  # as v0.6's tokenizer: <|audio|> a special token past the model's vocabulary
-            tok.add_tokens([AUDIO_PLACEHOLDER], special_tokens=True)
-            audio_token_index = tok.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
-        heads = max(2, d_model // 32)
-        torch.manual_seed(seed)
-        encoder = WhisperEncoder(WhisperConfig(
-            d_model=encoder_d_model, encoder_layers=encoder_layers, encoder_attention_heads=2,
-            encoder_ffn_dim=2 * encoder_d_model, decoder_layers=1, decoder_attention_heads=2,
-            decoder_ffn_dim=2 * encoder_d_model, num_mel_bins=128, max_source_positions=1500))
-        llama = LlamaForCausalLM(LlamaConfig(
-            vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-        model = build_ultravox(encoder, llama, hidden_size=2 * d_model, audio_token_index=audio_token_index, seed=seed)
-        processor = UltravoxProcessor(WhisperFeatureExtractor(feature_size=128), tok)
-        return save_ultravox(model, processor, out)

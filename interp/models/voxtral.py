@@ -27,10 +27,8 @@ window; features come from the processor's own windowing (`_retrieve_input_featu
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from interp.errors import InterpError
 from interp.models.base import AudioSpan, Batch, EncoderProjectorDecoder, frame_times, spans_from_mask
@@ -108,39 +106,6 @@ class Voxtral(EncoderProjectorDecoder):
             start, end = frame_times(n, self.encoder_seconds_per_frame, d)
             spans.append(AudioSpan(np.arange(n, dtype=np.int64), start, end))
         return {"input_features": feats}, spans
-
-    @classmethod
-    def make_tiny(cls, out, seed: int = 0, d_model: int = 64, n_layers: int = 4, encoder_layers: int = 2,
-                  encoder_d_model: int = 64) -> Path:
-        from transformers import VoxtralConfig, VoxtralForConditionalGeneration, VoxtralProcessor, WhisperFeatureExtractor
-
-        from interp.models.tiny import MISTRAL, make_tokenizer
-
-        # VoxtralProcessor hard-codes the audio token as id 24, as in tekken: fill the ids before it.
-        first = ["</s>", "<|im_start|>", "<|im_end|>", "<s>", "<unk>", "[INST]", "[/INST]"]
-        filler = [f"<SPECIAL_{i}>" for i in range(len(first), 24)]
-        tok = make_tokenizer(first[4:] + filler + ["[AUDIO]", "[BEGIN_AUDIO]", "[TRANSCRIBE]"], eos="</s>", bos="<s>",
-                             template=MISTRAL, audio_placeholder="[BEGIN_AUDIO][AUDIO]")
-        assert tok.convert_tokens_to_ids("[AUDIO]") == 24
-        processor = VoxtralProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok)
-        heads = max(2, d_model // 32)
-        config = VoxtralConfig(
-            audio_config=dict(hidden_size=encoder_d_model, intermediate_size=4 * encoder_d_model,
-                              num_hidden_layers=encoder_layers, num_attention_heads=4, num_mel_bins=128),
-            text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=d_model,
-                             intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=heads,
-                             num_key_value_heads=max(1, heads // 2), head_dim=d_model // heads,
-                             max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-            audio_token_id=24,
-        )
-        torch.manual_seed(seed)
-        model = VoxtralForConditionalGeneration(config).eval()
-        model.generation_config.pad_token_id = tok.pad_token_id
-        out = Path(out)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        return out
 
 
 def _wav_base64(waveform: np.ndarray, sampling_rate: int) -> str:

@@ -1,4 +1,4 @@
-"""Tiny offline tokenizers for the tiny checkpoints that tests and the demo build.
+"""Tiny offline tokenizers for the tiny checkpoints (`interp.testing.checkpoints`).
 
 A byte-level BPE trained in milliseconds on a small built-in English corpus, wrapped as a
 `PreTrainedTokenizerFast` with a family's special tokens and a ChatML chat template, so

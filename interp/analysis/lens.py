@@ -9,27 +9,29 @@ fixed logit post-processing of the decoder's config (Granite's `logits_scaling`,
 own logits.
 
 Two sources feed the same code: `lens_live` runs a manifest through the model with
-`interp.trace.record` (the one way this toolkit runs a model), and `lens_store` reads
+`interp.trace.record` (the one way this toolkit records a model), and `lens_store` reads
 residuals from an activation store and needs only the norm and unembedding. Both return
 a `LensResult`: per item and layer the top-k tokens and probabilities per position, the
 lens text (top-1 tokens at audio positions, consecutive repeats collapsed) and
-bag-of-tokens precision/recall against the transcript (defined in docs/lens.md).
+bag-of-tokens precision/recall against the transcript (defined in docs/lens.md). What the
+lens writes (JSON Lines, the implicit-cascade manifest) is `interp.analysis.lens_outputs`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from interp.errors import InterpError
 from interp.models.base import SpeechLM
+from interp.positions import LENS, check_positions
+from interp.progress import Progress, stage
 from interp.store import ActivationStore
-
-LENS_POSITIONS = ("audio", "all", "text", "last")
+from interp.trace import Prompt
 
 
 # ---- the lens itself -----------------------------------------------------------------------
@@ -219,11 +221,14 @@ def default_positions(adapter: SpeechLM) -> str:
 
 
 def lens_live(adapter: SpeechLM, rows: Sequence[dict], layers: str | Sequence = "all", positions: str | None = None,
-              top_k: int = 5, batch_size: int = 4, prompt: str | None = None,
-              on_items_done: Callable[[int], None] | None = None) -> LensResult:
-    """Run manifest rows through the model (one `record` trace per batch) and apply the lens."""
+              top_k: int = 5, batch_size: int = 4, prompt: Prompt = None,
+              progress: Progress | None = None) -> LensResult:
+    """Run manifest rows through the model (one `record` trace per batch) and apply the lens.
+    `prompt` is the instruction sent with the audio (as for `interp.trace.trace`)."""
     from interp.audio import load_audio
-    from interp.trace import instruction_for, parse_layers, record, select_positions
+    from interp.layers import parse_layers
+    from interp.positions import select_positions
+    from interp.trace import instruction_for, record
 
     positions = positions or default_positions(adapter)
     _check_args(positions, top_k, adapter)
@@ -237,6 +242,7 @@ def lens_live(adapter: SpeechLM, rows: Sequence[dict], layers: str | Sequence = 
         raise InterpError(f"{len(problems)} item(s) have no readable audio file, e.g. {problems[0]}; "
                           "fix the manifest's 'audio' paths")
     forms = TokenForms(adapter.tokenizer)
+    advance = stage(progress, "lens", len(rows))
     items: list[LensItem] = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
@@ -260,15 +266,13 @@ def lens_live(adapter: SpeechLM, rows: Sequence[dict], layers: str | Sequence = 
                 item.top_ids[layer], item.top_probs[layer] = lens_topk(adapter, acts[layer][i, index], top_k)
             items.append(item)
         del acts
-        if on_items_done:
-            on_items_done(len(chunk))
+        advance(len(chunk))
     result = LensResult(adapter.family, adapter.path, "live", positions, names, top_k, items)
     return _finish(result, forms)
 
 
 def _check_args(positions: str, top_k: int, adapter: SpeechLM | None = None) -> None:
-    if positions not in LENS_POSITIONS:
-        raise InterpError(f"unknown positions '{positions}' for the lens; use one of {', '.join(LENS_POSITIONS)}")
+    check_positions(positions, LENS, "the lens")
     if top_k < 1:
         raise InterpError("--top-k must be at least 1")
     vocab = getattr(getattr(adapter, "unembed", None), "out_features", None) if adapter is not None else None
@@ -295,7 +299,7 @@ def check_store_model(store: ActivationStore, adapter: SpeechLM) -> None:
 
 def lens_store(adapter: SpeechLM, store: ActivationStore | str | Path, layers: str | Sequence = "all",
                positions: str | None = None, top_k: int = 5, items: Sequence[int] | None = None,
-               chunk_rows: int = 4096, on_layer: Callable[[str], None] | None = None) -> LensResult:
+               chunk_rows: int = 4096, progress: Progress | None = None) -> LensResult:
     """The lens over residuals already in a store: one layer at a time, `chunk_rows` rows at a time."""
     own = not isinstance(store, ActivationStore)
     store = ActivationStore(store) if own else store
@@ -304,11 +308,12 @@ def lens_store(adapter: SpeechLM, store: ActivationStore | str | Path, layers: s
         _check_args(positions, top_k, adapter)
         check_store_model(store, adapter)
         names = store.resolve_layers(layers)
-        rows = _store_rows(store, positions, items)
+        rows = store.rows(items, positions=positions)
         if len(rows) == 0:
             raise InterpError(_no_rows_advice(store, positions))
         owner = store.row_items(rows)
         pos = store.positions
+        advance = stage(progress, "lens", len(names), "layers")
         lens_items, slots = [], {}
         for i in np.unique(owner):
             r = rows[owner == i]
@@ -325,8 +330,7 @@ def lens_store(adapter: SpeechLM, store: ActivationStore | str | Path, layers: s
             for i, (slot, where) in slots.items():
                 lens_items[slot].top_ids[layer] = ids[where]
                 lens_items[slot].top_probs[layer] = probs[where]
-            if on_layer:
-                on_layer(layer)
+            advance(1)
         result = LensResult(adapter.family, adapter.path, str(store.path), positions, names, top_k, lens_items)
         return _finish(result, TokenForms(adapter.tokenizer))
     finally:
@@ -347,49 +351,11 @@ def _no_rows_advice(store: ActivationStore, positions: str) -> str:
             f"use --positions {' or '.join(have)}")
 
 
-def _store_rows(store: ActivationStore, positions: str, items) -> np.ndarray:
-    rows = store.rows(items)
-    is_audio = store.positions["is_audio"][rows]
-    if positions == "audio":
-        return rows[is_audio]
-    if positions == "text":
-        return rows[~is_audio]
-    if positions == "last":
-        owner = store.row_items(rows)
-        return rows[np.r_[owner[1:] != owner[:-1], True]] if len(rows) else rows
-    return rows
-
-
-# ---- outputs -------------------------------------------------------------------------------
-
-
-def write_lens(result: LensResult, path: str | Path, tokenizer) -> Path:
-    """One JSON line per (item, layer), written atomically."""
-    from interp.atomic import write_jsonl
-
-    write_jsonl(path, result.rows(TokenForms(tokenizer)))
-    return Path(path)
-
-
-def emit_manifest(result: LensResult, layer: str | int, path: str | Path) -> Path:
-    """A manifest whose `transcript` is LAYER's lens text, for `interp cascade --transcripts`.
-
-    Other fields are kept; the original transcript moves to `transcript_reference` and
-    `lens_layer` records the layer.
-    """
-    from interp.manifest import write_manifest
-
-    layer = str(layer)
-    if layer not in result.layers:
-        raise InterpError(f"--emit-text {layer} is not among the lens layers ({', '.join(result.layers)}); add it to --layers")
-    if result.positions not in ("audio", "all"):
-        raise InterpError(f"--emit-text reads audio positions; use --positions audio or all (not {result.positions})")
-    out = []
-    for item in result.items:
-        row = dict(item.row)
-        row["transcript_reference"] = row.get("transcript")
-        row["transcript"] = item.text[layer]
-        row["lens_layer"] = layer
-        out.append(row)
-    write_manifest(path, out)
-    return Path(path)
+def logit_lens(model: SpeechLM, source, layers: str | Sequence = "all", positions: str | None = None, top_k: int = 5,
+               **options) -> LensResult:
+    """The logit lens over `source`: an activation store of this model (or its path), read with
+    only the final norm and unembedding (`lens_store`), or manifest rows run through the model
+    (`lens_live`; `prompt=`, `batch_size=` apply). For residual tensors, `lens_logits`."""
+    if isinstance(source, (ActivationStore, str, Path)):
+        return lens_store(model, source, layers=layers, positions=positions, top_k=top_k, **options)
+    return lens_live(model, list(source), layers=layers, positions=positions, top_k=top_k, **options)

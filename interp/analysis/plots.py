@@ -1,4 +1,4 @@
-"""Figures of the mechanistic instruments: probe curves, logit-lens heatmaps and bag-of-tokens curves.
+"""Figures of the analysis results: probe curves, logit-lens heatmaps and bag-of-tokens curves.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot,
 so importing this module neither needs a display nor changes a notebook's backend. Each
@@ -131,53 +131,3 @@ def write_lens_plots(result, forms, path: str | os.PathLike, item_id: str | None
     heat = save_figure(lens_heatmap_figure(result, forms, item_id), path)
     curve = save_figure(lens_precision_figure(result), path.with_name(f"{path.stem}_precision.png"))
     return [heat, curve]
-
-
-def erase_figure(result) -> Figure:
-    """An `interp erase` result: task accuracy per condition with Wilson 95% intervals (left),
-    and a fresh probe's held-out score per layer on original and erased activations (right)."""
-    has_probe = result.reprobe is not None and bool(result.reprobe.layers)
-    fig = Figure(figsize=(10.0 if has_probe else 5.5, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2 if has_probe else 1, squeeze=False)[0]
-    ax = axes[0]
-    columns = sorted({(r["task"], r.get("snr_db")) for r in result.accuracy}, key=lambda k: (k[0], k[1] is not None, k[1] or 0))
-    cell = {(r["system"], (r["task"], r.get("snr_db"))): r for r in result.accuracy}
-    width = 0.8 / max(1, len(result.conditions))
-    x = np.arange(len(columns))
-    for k, cond in enumerate(result.conditions):
-        rows = [cell.get((cond, c)) for c in columns]
-        acc = np.array([100 * r["accuracy"] if r else np.nan for r in rows])
-        lo = np.array([max(0.0, 100 * (r["accuracy"] - r["ci_low"])) if r else 0 for r in rows])
-        hi = np.array([max(0.0, 100 * (r["ci_high"] - r["accuracy"])) if r else 0 for r in rows])
-        ax.bar(x + (k - (len(result.conditions) - 1) / 2) * width, acc, width, yerr=[lo, hi], capsize=3, label=cond)
-    from interp.erasure import column_title
-
-    ax.set_xticks(x, [column_title(t, s) for t, s in columns])
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"'{result.concept}' erased at layers {','.join(map(str, result.layers))}", fontsize=9)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, loc="best")
-    if has_probe:
-        rp = result.reprobe
-        ax = axes[1]
-        layers = [l.layer for l in rp.layers]
-        xs = np.arange(len(layers))
-        ax.plot(xs, [l.original for l in rp.layers], marker="o", label="original")
-        for name in rp.layers[0].erased:
-            ax.plot(xs, [l.erased[name] for l in rp.layers], marker="s", linestyle="--", label=name)
-        ax.plot(xs, [l.baseline for l in rp.layers], linestyle=":", color="tab:red", label=rp.baseline_name)
-        ax.set_xticks(xs, layers)
-        ax.set_xlabel("layer")
-        ax.set_ylabel(METRIC_LABEL.get(rp.metric, rp.metric))
-        if rp.metric == "accuracy":
-            ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"fresh probe on held-out activations ({rp.n_items} items)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    return fig
-
-
-def write_erase_plot(result, path: str | os.PathLike) -> Path:
-    return save_figure(erase_figure(result), path)

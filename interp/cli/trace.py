@@ -1,0 +1,80 @@
+"""`interp trace` (record residuals into a store) and `interp demo` (everything, end to end)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from interp.cli.app import AUDIO_MODEL, DEVICE, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.display import StageBars, console, out_console, print_accuracy_rows
+from interp.errors import InterpError
+
+
+@app.command("demo")
+def demo_cmd(out: Path = typer.Option(Path("interp-demo"), "--out", help="folder for everything the demo writes"),
+             n_per_task: int = typer.Option(3, help="items per task")):
+    """Run every capability end to end on built-in tiny models and synthesised speech."""
+    from rich.table import Table
+
+    from interp.experiments.demo import describe, run_demo
+
+    with StageBars() as stages:
+        outputs = run_demo(out, progress=stages, n_per_task=n_per_task)
+    print_accuracy_rows(outputs["accuracy"])
+    table = Table("output", "where", title="interp demo")
+    for what, where in describe(outputs):
+        table.add_row(what, where)
+    out_console().print(table)
+    console.print("the demo's speech LLM is tiny and was taught the demo items' answers (Whisper stays random), so "
+                  "its scores describe the demo, not speech LLMs; point the same commands at real checkpoints for science.")
+    console.print(f"everything is in [bold]{out.resolve()}[/] (summary: {out / 'summary.json'})")
+
+
+@app.command("trace")
+def trace_cmd(
+    model: Path = typer.Argument(..., help="local checkpoint folder"),
+    data: Path = typer.Option(..., "--data", help="manifest (JSON Lines: id, audio, ...)"),
+    out: Path = typer.Option(..., "--out", help="activation store to write (.h5)"),
+    layers: str = typer.Option("all", help="'all' or block indices like 0,4,8 (add 'embed' for the input of block 0)"),
+    positions: str = typer.Option("audio", help="all | audio | text | last | audio-mean"),
+    dtype: str = typer.Option("float16", help="stored dtype: float16 | float32"),
+    batch_size: int = typer.Option(8, help="items per forward pass"),
+    device: str = DEVICE,
+    model_dtype: str = MODEL_DTYPE,
+    component: str = typer.Option("decoder", help="decoder (LLM residual stream) | encoder (audio encoder layers)"),
+    resume: bool = typer.Option(False, "--resume", help="complete an interrupted store"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
+    limit: Optional[int] = typer.Option(None, help="trace only the first N items"),
+    prompt: Optional[str] = typer.Option(None, help="instruction sent with the audio (default: the item's task prompt)"),
+    audio_model: Optional[Path] = AUDIO_MODEL,
+    text_model: Optional[Path] = TEXT_MODEL,
+):
+    """Record residual activations of MODEL over a manifest into an HDF5 store."""
+    from interp.locks import OutputLock
+    from interp.manifest import read_manifest
+    from interp.models import load_model
+    from interp.trace import trace
+    from tasks import speech_prompt
+
+    if resume and overwrite:
+        raise InterpError("--resume and --overwrite exclude each other; pick one")
+    rows = read_manifest(data, limit=limit)
+    if out.is_dir():
+        raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
+    with OutputLock(out):  # before loading the model, so a second writer fails at once
+        adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model)
+        with StageBars() as progress:
+            summary = trace(adapter, rows, out, layers=layers, positions=positions, dtype=dtype, batch_size=batch_size,
+                            resume=resume, overwrite=overwrite, prompt=prompt or speech_prompt, component=component,
+                            command=" ".join(["interp"] + sys.argv[1:]), progress=progress)
+    console.print(f"traced {summary.n_new} new item(s); store [bold]{summary.path}[/] holds {summary.n_items} items, "
+                  f"{summary.n_rows} positions, layers {','.join(summary.layers)}")
+    if summary.truncated:
+        console.print(f"[yellow]warning:[/] {len(summary.truncated)} item(s) longer than the encoder window were "
+                      f"truncated to {adapter.max_audio_seconds:g} s (e.g. {summary.truncated[0]}); the store marks them")
+    if summary.non_finite:
+        console.print(f"[yellow]warning:[/] {summary.non_finite} non-finite values in the store (float16 overflow?); "
+                      "trace with --dtype float32")
