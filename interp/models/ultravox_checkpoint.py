@@ -9,7 +9,8 @@ hold what training changed: the projector always, the audio encoder when it was 
 released code does: base weights first, the folder's weights over them.
 
 Base models named by id come from the local Hugging Face cache (offline: `HF_HUB_CACHE`, as
-`huggingface_hub` lays it out) or from a local folder given as `audio_model` / `text_model`
+`huggingface_hub` lays it out), else, for the ids of models `interp models get` builds, from its
+cache (converted on first use), or from a local folder given as `audio_model` / `text_model`
 (the CLI's `--audio-model PATH` / `--text-model PATH`). The audio feature extractor comes from
 the folder's own `preprocessor_config.json`, else from the Whisper model's folder, else is
 Whisper's standard one for the config's mel count (every openai/whisper-* checkpoint uses
@@ -58,7 +59,9 @@ def hub_cache() -> str:
 
 
 def find_base_model(name: str | None) -> Path | None:
-    """A base model's local folder: `name` itself if it is one, else its snapshot in the HF cache."""
+    """A base model's local folder: `name` itself if it is one, else its snapshot in the HF cache,
+    else, for a model `interp models get` can build (openai/whisper-tiny.en,
+    HuggingFaceTB/SmolLM2-135M-Instruct), its folder in that cache, converted on first use."""
     if not name:
         return None
     if Path(name).is_dir():
@@ -69,7 +72,10 @@ def find_base_model(name: str | None) -> Path | None:
     try:
         return Path(snapshot_download(name, local_files_only=True))
     except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
-        return None
+        pass
+    from interp.models.pretrained import find_by_hub_id
+
+    return find_by_hub_id(name)
 
 
 def _given(path, option: str) -> Path | None:
