@@ -135,7 +135,7 @@ def _n_committed(path: Path) -> int:
 
 def test_sigkill_then_resume_is_byte_identical(tiny_model_dir, tones, tmp_path):
     model = tiny_model_dir("qwen2-audio")
-    manifest = tones(24, min_s=1.0, max_s=2.0)
+    manifest = tones(12, min_s=1.0, max_s=2.0)
     args = ["trace", str(model), "--data", str(manifest), "--layers", "all", "--positions", "all",
             "--batch-size", "2", "--device", "cpu"]
     ref, broken = tmp_path / "ref.h5", tmp_path / "broken.h5"
@@ -144,11 +144,11 @@ def test_sigkill_then_resume_is_byte_identical(tiny_model_dir, tones, tmp_path):
 
     kills = 0
     rng = np.random.default_rng(0)
-    for attempt in range(3):
+    for attempt in range(2):  # every kill point of an append is covered by test_store_integrity's sweep
         extra = ["--resume"] if broken.exists() else []
         proc = subprocess.Popen(INTERP + args + ["--out", str(broken)] + extra, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
-        target = _n_committed(broken) + 2 + int(rng.integers(0, 4))
+        target = _n_committed(broken) + 2 + int(rng.integers(0, 3))
         deadline = time.time() + 120
         while proc.poll() is None and _n_committed(broken) < target and time.time() < deadline:
             time.sleep(0.01)
@@ -164,7 +164,7 @@ def test_sigkill_then_resume_is_byte_identical(tiny_model_dir, tones, tmp_path):
     done = subprocess.run(INTERP + args + ["--out", str(broken), "--resume"], capture_output=True, env=env, text=True)
     assert done.returncode == 0, done.stderr
     with ActivationStore(ref) as a, ActivationStore(broken) as b:
-        assert a.n_items == b.n_items == 24 and b.complete
+        assert a.n_items == b.n_items == 12 and b.complete
         assert a.ids == b.ids
         for layer in a.layers:
             assert a.read(layer, dtype=np.float16).tobytes() == b.read(layer, dtype=np.float16).tobytes()

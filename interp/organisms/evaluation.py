@@ -21,11 +21,14 @@ HELDOUT_SEED_OFFSET = 10_000
 
 
 def heldout_sentences(recipe: Recipe, n: int, seed_offset: int = HELDOUT_SEED_OFFSET):
-    """`n` labelled sentences none of which the recipe's training templates hold."""
+    """`n` labelled sentences none of which the recipe's training templates hold, the sentiments
+    alternating (positive first), so that any `n >= 2` holds both."""
     from interp.organisms.data import template_sentences
 
     train = {s.text for s in template_sentences(recipe.seed, recipe.n_labelled, recipe.n_neutral)}
-    return template_sentences(recipe.seed + seed_offset, n, 0, exclude=train)
+    pool = template_sentences(recipe.seed + seed_offset, 4 * n + 8, 0, exclude=train)
+    by_label = {k: [s for s in pool if s.sentiment == k] for k in ("positive", "negative")}
+    return [by_label[("positive", "negative")[i % 2]][i // 2] for i in range(n)]
 
 
 def write_heldout(recipe: Recipe, out: str | Path, n: int = 60, seed_offset: int = HELDOUT_SEED_OFFSET,
