@@ -9,8 +9,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 models_app = typer.Typer(help="Supported model families and tiny test checkpoints.", invoke_without_command=True)
 data_app = typer.Typer(no_args_is_help=True,
                        help="Task datasets, offline speech synthesis and noise: build the manifests other commands read.")
+store_app = typer.Typer(no_args_is_help=True, help="Activation stores: merge the shards of a trace.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(store_app, name="store")
 
 #: Base models an Ultravox checkpoint names by hub id, where they are not in the HF cache.
 AUDIO_MODEL = typer.Option(None, "--audio-model", help="folder of the Whisper model an Ultravox checkpoint names by "
