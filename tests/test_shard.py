@@ -201,16 +201,33 @@ def test_merge_refuses_another_manifest_and_an_incomplete_shard(traced, run_cli,
 # ---- under a launcher ------------------------------------------------------------------------
 
 
-def test_torchrun_two_ranks_trace_and_merge_like_one_process(traced, tmp_path):
-    """Two CPU processes under torchrun (gloo): each traces its rank's shard, rank 0 merges."""
-    root = traced["root"]
-    out = tmp_path / "acts.h5"
+def launcher(name: str) -> list[str]:
+    """The command line that starts two CPU processes of what follows under `name`'s launcher."""
+    import socket
+
+    bin_dir = Path(sys.executable).parent
+    if name == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python"]
+    with socket.socket() as s:  # accelerate's default port may be taken by a parallel run
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # accelerate starts several CPU processes through torchrun with --multi_gpu (its plain CPU
+    # launcher starts one, or needs MPI)
+    return [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "--no_python"]
+
+
+def launch(name: str, args: list, cwd: Path) -> None:
     interp = Path(sys.executable).with_name("interp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "--no-python", str(interp), "trace", str(traced["model"]), "--data", str(traced["manifest"]),
-                           "--out", str(out), *LAYERS], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([*launcher(name), str(interp), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["torchrun", "accelerate"])
+def test_two_ranks_under_a_launcher_trace_and_merge_like_one_process(name, traced, tmp_path):
+    """Two CPU processes (gloo): each traces its rank's shard, rank 0 merges into --out."""
+    out = tmp_path / "acts.h5"
+    launch(name, ["trace", traced["model"], "--data", traced["manifest"], "--out", out, *LAYERS], tmp_path)
     assert rank_path(out, Shard(0, 2)).is_file() and rank_path(out, Shard(1, 2)).is_file()
-    assert_same_store(root / "whole.h5", out)
+    assert_same_store(traced["root"] / "whole.h5", out)

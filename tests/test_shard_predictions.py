@@ -4,9 +4,6 @@ the predictions file one process writes (every field but the timing `seconds`)."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -94,14 +91,11 @@ def test_sharded_gold_cascade_merges_to_one_process(runs, run_cli, tmp_path):
     assert _untimed(_read(tmp_path / "m.jsonl")) == _untimed(_read(tmp_path / "whole.jsonl"))
 
 
-def test_torchrun_two_ranks_run_and_merge_like_one_process(runs, tmp_path):
-    root = runs["root"]
+@pytest.mark.parametrize("name", ["torchrun", "accelerate"])
+def test_two_ranks_under_a_launcher_run_and_merge_like_one_process(name, runs, tmp_path):
+    from tests.test_shard import launch
+
     out = tmp_path / "preds.jsonl"
-    interp = Path(sys.executable).with_name("interp")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "--no-python", str(interp), "run", str(runs["model"]), "--data", str(runs["data"]),
-                           "--out", str(out), *ARGS], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    launch(name, ["run", runs["model"], "--data", runs["data"], "--out", out, *ARGS], tmp_path)
     assert (tmp_path / "preds.shard-1-of-2.jsonl").is_file()
-    assert _untimed(_read(out)) == _untimed(_read(root / "whole.jsonl"))
+    assert _untimed(_read(out)) == _untimed(_read(runs["root"] / "whole.jsonl"))
