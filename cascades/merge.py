@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from interp.errors import InterpError
+
+if TYPE_CHECKING:
+    from interp.shard import ShardInfo
 
 
 @dataclass
@@ -24,7 +27,7 @@ class PredictionsMerge:
     n_items: int
 
 
-def read_shard(path: Path) -> tuple[list[dict], "ShardInfo"]:
+def read_shard(path: Path) -> tuple[list[dict], ShardInfo]:
     """The lines of one shard's predictions file and the shard they record."""
     from interp.errors import path_problem
     from interp.manifest import read_jsonl
