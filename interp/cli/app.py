@@ -20,6 +20,10 @@ AUDIO_MODEL = typer.Option(None, "--audio-model", help="folder of the Whisper mo
 TEXT_MODEL = typer.Option(None, "--text-model", help="folder of the Llama an Ultravox checkpoint names by "
                           "text_model_id (default: the local Hugging Face cache)")
 DEVICE = typer.Option("auto", help="auto | cpu | cuda")
+DEVICE_MAP = typer.Option(None, "--device-map", help="auto | balanced | sequential: spread a model too large for one GPU "
+                          "over the visible GPUs (Accelerate's device map; replaces --device)")
+MAX_MEMORY = typer.Option(None, "--max-memory", help="per-device cap with --device-map: 0=70GiB,1=70GiB,cpu=200GiB, or "
+                          "70GiB for every GPU")
 MODEL_DTYPE = typer.Option("auto", help="dtype to run the model in: auto (float32 on CPU, bfloat16 on CUDA) | float32 | "
                            "bfloat16 | float16")
 

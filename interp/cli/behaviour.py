@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from interp.cli.app import AUDIO_MODEL, DEVICE, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.app import AUDIO_MODEL, DEVICE, DEVICE_MAP, MAX_MEMORY, MODEL_DTYPE, TEXT_MODEL, app
 from interp.cli.shards import SHARD, Sharding
 from interp.cli.display import StageBars, console, note, paths, print_accuracy_rows, wide
 from interp.errors import InterpError
@@ -29,6 +29,8 @@ def run_cmd(
     system: Optional[str] = typer.Option(None, help="name of the system in the predictions (default: model folder name)"),
     device: str = DEVICE,
     model_dtype: str = MODEL_DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY,
     resume: bool = typer.Option(False, "--resume", help="answer only the items not yet in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
     limit: Optional[int] = typer.Option(None, help="only the first N items"),
@@ -43,12 +45,13 @@ def run_cmd(
     from interp.fingerprint import model_fingerprint
     from interp.manifest import read_manifest
     from interp.models import detect_family, load_model
+    from interp.models.base import parse_max_memory
     from tasks import check_task_rows
 
     if resume and overwrite:
         raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit)
-    sharding = Sharding(shard, out, device, resume, overwrite)
+    sharding = Sharding(shard, out, device, resume, overwrite, device_map)
     info, rows = sharding.select(rows, batch_size)
     check_task_rows(rows)
     detect_family(model)
@@ -57,7 +60,7 @@ def run_cmd(
                          input_fingerprints=speech_input_fingerprints(rows), shard=info) as preds:
         todo = pending(rows, preds.done_keys())
         adapter = load_model(model, dtype=model_dtype, device=sharding.device, audio_model=audio_model,
-                             text_model=text_model)
+                             text_model=text_model, device_map=device_map, max_memory=parse_max_memory(max_memory))
         with StageBars() as progress:
             answer_speech(adapter, todo, system=system or model.name, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, on_batch=preds.add, progress=progress)

@@ -24,7 +24,8 @@ class Sharding:
     path (`acts.shard-0-of-4.h5`), on cuda:LOCAL_RANK; `finish` then waits for every rank and
     rank 0 merges the shards into OUT. Otherwise the whole manifest, to --out."""
 
-    def __init__(self, spec: Optional[str], out: Path, device: str, resume: bool, overwrite: bool):
+    def __init__(self, spec: Optional[str], out: Path, device: str, resume: bool, overwrite: bool,
+                 device_map: Optional[str] = None):
         from interp.shard import Launch, Shard, rank_path
 
         self.out, self.target, self.device, self.launch = out, out, device, None
@@ -33,6 +34,11 @@ class Sharding:
         if self.shard is None and launch is not None and launch.world_size > 1:
             if out.exists() and not (resume or overwrite):
                 raise InterpError(f"{out} exists; pass --resume to complete the run or --overwrite to replace it")
+            import os
+
+            if device_map is not None and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+                raise InterpError("--device-map spreads one process over every visible GPU, so ranks on one node would "
+                                  "share them; start one process per node (--nproc_per_node 1) with --device-map")
             self.launch, self.shard = launch, launch.shard
             self.target, self.device = rank_path(out, launch.shard), launch.device(device)
             launch.connect()
