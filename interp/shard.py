@@ -214,6 +214,8 @@ class Launch:
         import torch
 
         if requested in ("auto", "cuda") and torch.cuda.is_available():
+            # also the current device, so that nothing allocated on "cuda" lands on GPU 0
+            torch.cuda.set_device(self.local_rank)
             return f"cuda:{self.local_rank}"
         return requested
 

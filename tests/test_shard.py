@@ -3,6 +3,7 @@ must equal the store one process writes over the same manifest, dataset by datas
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,8 +116,10 @@ def test_merged_shards_equal_one_process_byte_for_byte(traced, run_cli):
         assert s.complete and s.attrs["shard"] == "" and s.n_items == 7
 
 
-def test_analyses_of_the_merged_store_equal_one_process(traced, run_cli):
-    """A probe sweep, a LEACE fit and a TransformerLens export give the same numbers on both."""
+def test_analyses_of_the_merged_store_equal_one_process(traced, run_cli, tiny_adapter):
+    """A probe sweep, a LEACE fit, the logit lens and a TransformerLens export give the same
+    numbers on both."""
+    from interp.analysis.lens import lens_store
     from interp.analysis.leace import fit_eraser
     from interp.analysis.sweep import plan_probe, run_probe
 
@@ -134,8 +137,11 @@ def test_analyses_of_the_merged_store_equal_one_process(traced, run_cli):
             factors = {k: (e.proj_left.numpy().tobytes(), e.proj_right.numpy().tobytes())
                        for k, e in eraser.layer_erasers.items()}
             cache = {k: v.numpy().tobytes() for k, v in store.to_transformer_lens(items=[0, 6]).items()}
-            results.append((sweep, coefs, factors, cache))
-    assert results[0][0]["layers"] and results[0][2]
+            lens = lens_store(tiny_adapter("qwen2-audio"), store, layers="0,1")
+            read = [(it.id, it.text, {k: v.tobytes() for k, v in it.top_ids.items()},
+                     {k: v.tobytes() for k, v in it.top_probs.items()}) for it in lens.items]
+            results.append((sweep, coefs, factors, cache, read, json.dumps([lens.precision, lens.n_scored], sort_keys=True)))
+    assert results[0][0]["layers"] and results[0][2] and len(results[0][4]) == 7
     assert results[0] == results[1]
 
 
