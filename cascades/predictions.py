@@ -2,7 +2,8 @@
 
 A line holds `id, task, system, snr_db, output, prediction, label, correct,
 n_generated_tokens, seconds, decoding` (cascades add `transcript`), stamped with the system's
-`model_fingerprint` and the item's `input_fingerprint`.
+`model_fingerprint` and the item's `input_fingerprint`; a shard's lines (`interp run --shard
+K/N`) also carry `shard` (`interp.shard.ShardInfo`), which `cascades.merge` checks and drops.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from interp.errors import InterpError
+from interp.shard import ShardInfo
 
 class PredictionsFile:
     """Predictions JSON Lines, one line appended per item as each batch finishes.
@@ -26,7 +28,7 @@ class PredictionsFile:
 
     def __init__(self, path: str | Path, resume: bool = False, overwrite: bool | None = None,
                  model_fingerprint: str | None = None, input_fingerprints: dict | None = None,
-                 command: str | None = None):
+                 command: str | None = None, shard: "ShardInfo | None" = None):
         import os
 
         from interp.errors import path_problem
@@ -38,6 +40,7 @@ class PredictionsFile:
         self.open = False
         self.model_fingerprint = model_fingerprint
         self.input_fingerprints = input_fingerprints or {}
+        self.shard = shard
         if resume and overwrite:
             raise InterpError("--resume and --overwrite exclude each other; pick one")
         overwrite = not resume if overwrite is None else overwrite
@@ -122,6 +125,13 @@ class PredictionsFile:
             raise InterpError(f"cannot resume {self.path}: {where} (item '{row['id']}') was answered by another model "
                               f"(fingerprint {have or 'missing'}, this one is {self.model_fingerprint}); choose another "
                               "--out or pass --overwrite")
+        mine = self.shard
+        theirs = ShardInfo.from_dict(row["shard"]) if isinstance(row.get("shard"), dict) else None
+        if mine is not None or theirs is not None:
+            why = mine.differs(theirs) if mine is not None else f"it is shard {theirs.label}, not the whole manifest"
+            if why:
+                raise InterpError(f"cannot resume {self.path}: {why} ({where}); give the same manifest, --shard and "
+                                  "--batch-size, or --overwrite")
         want = self.input_fingerprints.get((str(row["id"]), row.get("snr_db")))
         if want is not None and row.get("input_fingerprint") != want:
             raise InterpError(f"cannot resume {self.path}: item '{row['id']}' ({where}) was answered for another input "
@@ -145,6 +155,8 @@ class PredictionsFile:
             fp = self.input_fingerprints.get((str(r["id"]), r.get("snr_db")))
             if fp:
                 r["input_fingerprint"] = fp
+            if self.shard is not None:
+                r["shard"] = self.shard.to_dict()
             stamped.append(r)
         fd = self._open()
         try:

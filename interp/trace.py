@@ -29,6 +29,7 @@ from interp.layers import parse_layers
 from interp.models.base import AudioSpan, Batch, SpeechLM
 from interp.positions import TRACE, check_positions, select_positions
 from interp.progress import Progress, stage
+from interp.shard import Shard, ShardInfo, store_attrs
 from interp.store import ActivationStore, ItemRecord, StoreWriter
 
 STORE_DTYPES = ("float16", "float32")
@@ -181,12 +182,14 @@ class _Writer(threading.Thread):
 def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str | Sequence = "all",
           positions: str = "audio", dtype: str = "float16", batch_size: int = 8, resume: bool = False,
           overwrite: bool = False, prompt: Prompt = None, component: str = "decoder", command: str = "",
-          progress: Progress | None = None) -> TraceSummary:
+          shard: Shard | None = None, progress: Progress | None = None) -> TraceSummary:
     """Trace every manifest row through `adapter` and stream the residuals into the store `out`.
 
     The store is locked while it is written. `resume` continues a store traced by the same
     model (fingerprint), settings and manifest (ids and input fingerprints, in order);
     `overwrite` builds the new store beside an existing one and replaces it only on success.
+    With `shard`, only that shard of `rows` is traced (`interp.shard`: a contiguous run cut on
+    batch boundaries) and the store records which; `interp.store.merge` joins the shards.
     """
     from interp.errors import path_problem
     from interp.fingerprint import input_fingerprint
@@ -206,24 +209,31 @@ def trace(adapter: SpeechLM, rows: Sequence[dict], out: str | Path, layers: str 
         raise InterpError(f"{adapter.family}'s decoder residual holds no audio positions; use --component encoder "
                           f"for its audio frames, or --positions all|text|last for the decoder")
     names = parse_layers(layers, n_component_layers(adapter, component))
-    problems = [p for p in (path_problem(r["audio"], "audio file") for r in rows) if p]
-    if problems:
-        raise InterpError(f"{len(problems)} item(s) have no readable audio file, e.g. {problems[0]}; "
-                          "fix the manifest's 'audio' paths")
     if out.is_dir():
         raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
-    attrs = _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component, command)
-    instructions = [instruction_for(r, prompt) for r in rows]
+    manifest = rows
 
-    with OutputLock(out, attrs["command"]):
+    with OutputLock(out, command or None):
         start = 0
         staged = False
+        writer = None
         if out.exists() and not overwrite:
             if not resume:
                 raise InterpError(f"{out} exists; pass --resume to complete it or --overwrite to replace it")
-            writer = _check_resumable(out, attrs, rows, instructions)
+            writer = StoreWriter(out)
+            batch_size = int(writer.attrs.get("batch_size", batch_size))  # a resume keeps the store's batches
+        info = shard.info(manifest, adapter.batch_size(batch_size)) if shard is not None else None
+        rows = info.select(manifest) if info is not None else manifest
+        problems = [p for p in (path_problem(r["audio"], "audio file") for r in rows) if p]
+        if problems:
+            raise InterpError(f"{len(problems)} item(s) have no readable audio file, e.g. {problems[0]}; "
+                              "fix the manifest's 'audio' paths")
+        attrs = _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component, command)
+        attrs.update(store_attrs(info, manifest))
+        instructions = [instruction_for(r, prompt) for r in rows]
+        if writer is not None:
+            _check_resumable(writer, attrs, rows, instructions)
             start = writer.resume()
-            batch_size = int(attrs["batch_size"])
         else:
             staged = out.exists()
             writer = StoreWriter.create(out, attrs, names, _width(adapter, component), dtype, replace=staged)
@@ -295,13 +305,13 @@ def _store_attrs(adapter, names, positions, dtype, batch_size, prompt, component
     }
 
 
-def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict], instructions: Sequence[str]) -> StoreWriter:
-    """The writer of `out` if this run may continue it; else one line saying what differs."""
+def _check_resumable(writer: StoreWriter, attrs: dict, rows: Sequence[dict], instructions: Sequence[str]) -> None:
+    """Nothing if this run may continue the store of `writer`; else one line saying what differs."""
     import json
 
     from interp.fingerprint import check_model, input_fingerprint
 
-    writer = StoreWriter(out)
+    out = writer.path
     have = writer.attrs
     check_model(have, attrs["model_fingerprint"], attrs["model_dtype"], f"store {out}",
                 f"the model at {attrs['model_path']}", "give the model it was traced with, or pass --overwrite")
@@ -311,6 +321,12 @@ def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict], instructions:
                               f"use the same settings or --overwrite")
     if have.get("layers") != json.dumps(list(attrs["layers_spec"])):
         raise InterpError(f"cannot resume {out}: it holds layers {have.get('layers')}; use the same --layers or --overwrite")
+    mine, theirs = ShardInfo.from_attrs(attrs), ShardInfo.from_attrs(have)
+    if mine is not None or theirs is not None:
+        why = mine.differs(theirs) if mine is not None else f"it is shard {theirs.label}, not the whole manifest"
+        if why:
+            raise InterpError(f"cannot resume {out}: {why}; give the same manifest, --shard and --batch-size, "
+                              "or --overwrite")
     attrs["batch_size"] = int(have["batch_size"])
     done = writer.ids()
     if len(done) > len(rows):
@@ -325,7 +341,6 @@ def _check_resumable(out: Path, attrs: dict, rows: Sequence[dict], instructions:
             raise InterpError(f"cannot resume {out}: item '{item_id}' (number {i + 1}) differs from the one traced "
                               "(its audio file or instruction changed); give the manifest it was traced from, "
                               "or --overwrite")
-    return writer
 
 
 class _CallableModule(type(sys)):

@@ -45,7 +45,9 @@ def _text_config(adapter: SpeechLM):
 
 def lens_logits(adapter: SpeechLM, resid: torch.Tensor) -> torch.Tensor:
     """Lens logits (..., vocab) for residuals (..., d_model) taken anywhere in the decoder."""
-    x = resid.to(device=adapter.device, dtype=adapter.dtype)
+    # the final norm's device: under a device map it is on the last GPU, not the first
+    device = next(adapter.final_norm.parameters(), next(adapter.model.parameters())).device
+    x = resid.to(device=device, dtype=adapter.dtype)
     with torch.no_grad():
         # The norm module recomputes its statistics on x: this layer's, not the last one's.
         logits = adapter.unembed(adapter.final_norm(x))

@@ -17,7 +17,7 @@ import typer
 
 from interp.cli.app import app
 # importing a command module registers its commands, in this order on the help page
-from interp.cli import models, trace, data, behaviour, analysis, erase, organisms  # noqa: F401,E402,I001
+from interp.cli import models, trace, data, behaviour, analysis, erase, shards, organisms  # noqa: F401,E402,I001
 from interp.cli.display import console
 from interp.errors import InterpError
 

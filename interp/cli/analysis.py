@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from interp.cli.app import AUDIO_MODEL, DEVICE, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.app import AUDIO_MODEL, DEVICE, DEVICE_MAP, MAX_MEMORY, MODEL_DTYPE, TEXT_MODEL, app
 from interp.cli.display import StageBars, fmt, note, out_console, paths
 from interp.errors import InterpError
 
@@ -74,6 +74,8 @@ def lens_cmd(
     prompt: Optional[str] = typer.Option(None, help="instruction sent with the audio (live; default: the item's task prompt)"),
     device: str = DEVICE,
     model_dtype: str = MODEL_DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY,
     out: Optional[Path] = typer.Option(None, "--out", help="JSON Lines, one line per item and layer (default: lens.jsonl beside the input)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="heatmap PNG; the precision curve goes to <stem>_precision.png"),
     plot_item: Optional[str] = typer.Option(None, "--plot-item", help="item id for the heatmap (default: the first)"),
@@ -90,6 +92,7 @@ def lens_cmd(
     from interp.analysis.lens_outputs import emit_manifest as write_emit, layers_with_emit, write_lens
     from interp.analysis.plots import write_lens_plots
     from interp.models import load_model
+    from interp.models.base import parse_max_memory
     from interp.store import ActivationStore
 
     if (data is None) == (store is None):
@@ -108,7 +111,8 @@ def lens_cmd(
     if plot_item is not None and plot_item not in ids:
         raise InterpError(f"--plot-item '{plot_item}' is not an item of {source.name} (e.g. {', '.join(ids[:3])}); "
                           "give one of its ids")
-    adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model)
+    adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model,
+                         device_map=device_map, max_memory=parse_max_memory(max_memory))
     layers, emit_text = layers_with_emit(layers, emit_text, adapter.n_layers)
     with StageBars() as progress:
         if data is not None:

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from interp.cli.app import AUDIO_MODEL, DEVICE, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.app import AUDIO_MODEL, DEVICE, DEVICE_MAP, MAX_MEMORY, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.shards import SHARD, Sharding
 from interp.cli.display import StageBars, console, note, paths, print_accuracy_rows, wide
 from interp.errors import InterpError
 
@@ -28,35 +29,44 @@ def run_cmd(
     system: Optional[str] = typer.Option(None, help="name of the system in the predictions (default: model folder name)"),
     device: str = DEVICE,
     model_dtype: str = MODEL_DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY,
     resume: bool = typer.Option(False, "--resume", help="answer only the items not yet in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
     limit: Optional[int] = typer.Option(None, help="only the first N items"),
+    shard: Optional[str] = SHARD,
     audio_model: Optional[Path] = AUDIO_MODEL,
     text_model: Optional[Path] = TEXT_MODEL,
 ):
     """Answer every item with a speech LLM (greedy) and score it."""
+    from cascades.merge import merge_predictions
     from cascades.predictions import PredictionsFile, pending
     from cascades.runner import answer_speech, speech_input_fingerprints
     from interp.fingerprint import model_fingerprint
     from interp.manifest import read_manifest
     from interp.models import detect_family, load_model
+    from interp.models.base import parse_max_memory
     from tasks import check_task_rows
 
     if resume and overwrite:
         raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit)
+    sharding = Sharding(shard, out, device, resume, overwrite, device_map)
+    info, rows = sharding.select(rows, batch_size)
     check_task_rows(rows)
     detect_family(model)
     # checked before the model loads: a resume by another model, or for other inputs, fails at once
-    with PredictionsFile(out, resume=resume, overwrite=overwrite, model_fingerprint=model_fingerprint(model),
-                         input_fingerprints=speech_input_fingerprints(rows)) as preds:
+    with PredictionsFile(sharding.target, resume=resume, overwrite=overwrite, model_fingerprint=model_fingerprint(model),
+                         input_fingerprints=speech_input_fingerprints(rows), shard=info) as preds:
         todo = pending(rows, preds.done_keys())
-        adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model)
+        adapter = load_model(model, dtype=model_dtype, device=sharding.device, audio_model=audio_model,
+                             text_model=text_model, device_map=device_map, max_memory=parse_max_memory(max_memory))
         with StageBars() as progress:
             answer_speech(adapter, todo, system=system or model.name, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, on_batch=preds.add, progress=progress)
     _print_accuracy(preds.rows)
-    console.print(f"predictions: [bold]{out}[/]")
+    console.print(f"predictions: [bold]{sharding.target}[/]")
+    sharding.finish(merge_predictions)
 
 
 @app.command("cascade")
@@ -77,6 +87,7 @@ def cascade_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
     limit: Optional[int] = typer.Option(None, help="only the first N items"),
     list_matched: bool = typer.Option(False, "--list-matched", help="show the study's matched speech-LLM / cascade pairs"),
+    shard: Optional[str] = SHARD,
     audio_model: Optional[Path] = AUDIO_MODEL,
     text_model: Optional[Path] = TEXT_MODEL,
 ):
@@ -84,6 +95,7 @@ def cascade_cmd(
     if list_matched:
         return _list_matched()
     from cascades.cascade import Cascade
+    from cascades.merge import merge_predictions
     from cascades.predictions import PredictionsFile, pending
     from cascades.runner import answer_text
     from interp.manifest import read_manifest
@@ -94,14 +106,16 @@ def cascade_cmd(
     if resume and overwrite:
         raise InterpError("--resume and --overwrite exclude each other; pick one")
     rows = read_manifest(data, limit=limit, require_audio=transcripts is None)
+    sharding = Sharding(shard, out, device, resume, overwrite)
+    info, rows = sharding.select(rows, batch_size)
     check_task_rows(rows)
     plan = Cascade.plan(rows, llm, asr=asr, transcripts=transcripts, matched_to=matched_to)
-    with PredictionsFile(out, resume=resume, overwrite=overwrite, model_fingerprint=plan.fingerprint(),
-                         input_fingerprints=plan.input_fingerprints()) as preds:
+    with PredictionsFile(sharding.target, resume=resume, overwrite=overwrite, model_fingerprint=plan.fingerprint(),
+                         input_fingerprints=plan.input_fingerprints(), shard=info) as preds:
         todo = pending(rows, preds.done_keys())
-        text_llm, extra = plan.load_llm(device, model_dtype, raw_prompt, audio_model, text_model)
+        text_llm, extra = plan.load_llm(sharding.device, model_dtype, raw_prompt, audio_model, text_model)
         with StageBars() as progress:
-            texts, asr_info = plan.texts(todo, batch_size, device, model_dtype, progress=progress)
+            texts, asr_info = plan.texts(todo, batch_size, sharding.device, model_dtype, progress=progress)
             if asr_info.get("wer") is not None:
                 console.print(f"ASR word error rate against the manifest transcripts: [bold]{asr_info['wer']:.3f}[/] "
                               f"over {asr_info['wer_items']} items")
@@ -109,7 +123,8 @@ def cascade_cmd(
             answer_text(text_llm, todo, texts, system=system or plan.system_name(text_llm.name), batch_size=batch_size,
                         max_new_tokens=max_new_tokens, on_batch=preds.add, extra=extra, progress=progress)
     _print_accuracy(preds.rows)
-    console.print(f"predictions: [bold]{out}[/]")
+    console.print(f"predictions: [bold]{sharding.target}[/]")
+    sharding.finish(merge_predictions)
 
 
 def _list_matched() -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from interp.cli.app import AUDIO_MODEL, DEVICE, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.app import AUDIO_MODEL, DEVICE, DEVICE_MAP, MAX_MEMORY, MODEL_DTYPE, TEXT_MODEL, app
 from interp.cli.display import StageBars, console, note, paths, wide
 from interp.errors import InterpError
 
@@ -31,6 +31,8 @@ def erase_cmd(
     refit: bool = typer.Option(False, "--refit", help="fit the erasers again even if --out holds some"),
     device: str = DEVICE,
     model_dtype: str = MODEL_DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY,
     audio_model: Optional[Path] = AUDIO_MODEL,
     text_model: Optional[Path] = TEXT_MODEL,
 ):
@@ -44,6 +46,7 @@ def erase_cmd(
     from interp.locks import OutputLock
     from interp.manifest import read_manifest
     from interp.models import load_model
+    from interp.models.base import parse_max_memory
     from interp.store import ActivationStore
 
     names = [c.strip() for c in controls.split(",") if c.strip()]
@@ -52,7 +55,8 @@ def erase_cmd(
     if out.exists() and not out.is_dir():
         raise InterpError(f"--out {out} is a file; give a folder for the erasers, predictions and report")
     with OutputLock(out), ActivationStore(fit_store) as store, StageBars() as progress:
-        adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model)
+        adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model,
+                             device_map=device_map, max_memory=parse_max_memory(max_memory))
         result = erase_experiment(adapter, rows, store, concept, layers, out, positions=positions, affine=affine,
                                   controls=names, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                                   holdout=holdout, refit=refit, progress=progress)

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from interp.cli.app import AUDIO_MODEL, DEVICE, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.app import AUDIO_MODEL, DEVICE, DEVICE_MAP, MAX_MEMORY, MODEL_DTYPE, TEXT_MODEL, app
+from interp.cli.shards import SHARD, Sharding
 from interp.cli.display import StageBars, console, out_console, print_accuracy_rows
 from interp.errors import InterpError
 
@@ -48,11 +49,14 @@ def trace_cmd(
     batch_size: int = typer.Option(8, help="items per forward pass"),
     device: str = DEVICE,
     model_dtype: str = MODEL_DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY,
     component: str = typer.Option("decoder", help="decoder (LLM residual stream) | encoder (audio encoder layers)"),
     resume: bool = typer.Option(False, "--resume", help="complete an interrupted store"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
     limit: Optional[int] = typer.Option(None, help="trace only the first N items"),
     prompt: Optional[str] = typer.Option(None, help="instruction sent with the audio (default: the item's task prompt)"),
+    shard: Optional[str] = SHARD,
     audio_model: Optional[Path] = AUDIO_MODEL,
     text_model: Optional[Path] = TEXT_MODEL,
 ):
@@ -60,6 +64,8 @@ def trace_cmd(
     from interp.locks import OutputLock
     from interp.manifest import read_manifest
     from interp.models import load_model
+    from interp.models.base import parse_max_memory
+    from interp.store.merge import merge_stores
     from interp.trace import trace
     from tasks import speech_prompt
 
@@ -68,12 +74,15 @@ def trace_cmd(
     rows = read_manifest(data, limit=limit)
     if out.is_dir():
         raise InterpError(f"{out} is a folder; give a file path for the store, e.g. {out / 'acts.h5'}")
-    with OutputLock(out):  # before loading the model, so a second writer fails at once
-        adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model)
+    sharding = Sharding(shard, out, device, resume, overwrite, device_map)
+    with OutputLock(sharding.target):  # before loading the model, so a second writer fails at once
+        adapter = load_model(model, dtype=model_dtype, device=sharding.device, audio_model=audio_model,
+                             text_model=text_model, device_map=device_map, max_memory=parse_max_memory(max_memory))
         with StageBars() as progress:
-            summary = trace(adapter, rows, out, layers=layers, positions=positions, dtype=dtype, batch_size=batch_size,
-                            resume=resume, overwrite=overwrite, prompt=prompt or speech_prompt, component=component,
-                            command=" ".join(["interp"] + sys.argv[1:]), progress=progress)
+            summary = trace(adapter, rows, sharding.target, layers=layers, positions=positions, dtype=dtype,
+                            batch_size=batch_size, resume=resume, overwrite=overwrite, prompt=prompt or speech_prompt,
+                            component=component, command=" ".join(["interp"] + sys.argv[1:]), shard=sharding.shard,
+                            progress=progress)
     console.print(f"traced {summary.n_new} new item(s); store [bold]{summary.path}[/] holds {summary.n_items} items, "
                   f"{summary.n_rows} positions, layers {','.join(summary.layers)}")
     if summary.truncated:
@@ -82,3 +91,4 @@ def trace_cmd(
     if summary.non_finite:
         console.print(f"[yellow]warning:[/] {summary.non_finite} non-finite values in the store (float16 overflow?); "
                       "trace with --dtype float32")
+    sharding.finish(merge_stores)

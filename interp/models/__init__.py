@@ -74,22 +74,36 @@ def detect_family(path: str | Path) -> type[SpeechLM]:
     raise InterpError(f"{path} holds a '{model_type or 'unknown'}' model, which is not supported; supported families: {supported}")
 
 
+#: Accelerate's ways to spread a model over devices (`from_pretrained(device_map=...)`)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def load_model(path: str | Path, dtype="auto", device: str = "auto", device_map=None, audio_model=None,
-               text_model=None) -> SpeechLM:
+               text_model=None, max_memory: dict | None = None) -> SpeechLM:
     """Load a speech LLM (or Whisper) from a local folder with the right adapter, in `dtype`
     ("auto": `resolve_dtype`'s rule, bfloat16 on CUDA, float32 elsewhere).
+
+    `device_map` ("auto", "balanced", "sequential" or a dict) spreads a model too large for one
+    GPU over the visible ones (Accelerate's dispatch; `max_memory`, e.g. {0: "70GiB", 1: "70GiB"},
+    caps each device); it replaces `device`.
 
     `audio_model` / `text_model`: local folders of the base models a checkpoint names by hub
     id (Ultravox's `audio_model_id` / `text_model_id`), where they are not in the HF cache."""
     from interp.models.base import resolve_device
 
     device = resolve_device(device)
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise InterpError(f"--device-map '{device_map}' is not one of {', '.join(DEVICE_MAPS)}")
+    if max_memory and device_map is None:
+        raise InterpError("--max-memory caps the devices of a device map; add --device-map auto")
     cls = detect_family(path)
     bases = {k: v for k, v in (("audio_model", audio_model), ("text_model", text_model)) if v is not None}
     if bases and not cls.names_base_models:
         raise InterpError(f"--audio-model / --text-model apply to checkpoints that name base models by id "
                           f"(Ultravox); {path} is a {cls.family} checkpoint")
     try:
+        if max_memory:
+            bases["max_memory"] = max_memory
         return cls.load(path, dtype=dtype, device=device, device_map=device_map, **bases)
     except InterpError:
         raise

@@ -119,14 +119,19 @@ class SpeechLM:
         return AutoProcessor
 
     @classmethod
-    def load(cls, path: str | Path, dtype: str | torch.dtype | None = None, device: str = "cpu", device_map=None):
-        """Load model and processor from a local checkpoint folder."""
+    def load(cls, path: str | Path, dtype: str | torch.dtype | None = None, device: str = "cpu", device_map=None,
+             max_memory: dict | None = None):
+        """Load model and processor from a local checkpoint folder: onto `device`, or spread over
+        devices by `device_map` (Accelerate's: "auto", "balanced", "sequential" or a dict), each
+        device holding at most its `max_memory` entry."""
         torch_dtype = resolve_dtype(dtype, device)
         kwargs = dict(dtype=torch_dtype)
         if cls.trust_remote_code:
             kwargs["trust_remote_code"] = True
         if device_map is not None:
             kwargs["device_map"] = device_map
+            if max_memory:
+                kwargs["max_memory"] = max_memory
         model = cls.model_class().from_pretrained(str(path), **kwargs).eval()
         if device_map is None:
             model.to(device)
@@ -319,6 +324,35 @@ def resolve_device(device: str | torch.device | None = "auto") -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InterpError("--device cuda asked for but no CUDA device is visible; use --device cpu")
     return device
+
+
+def parse_max_memory(spec: str | None) -> dict | None:
+    """`--max-memory`: '0=70GiB,1=70GiB,cpu=200GiB' (device = cap), or '70GiB' for every visible
+    GPU, as Accelerate's `max_memory` ({0: "70GiB", "cpu": "200GiB"}); None when not given."""
+    import re
+
+    if spec is None or not str(spec).strip():
+        return None
+    size = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
+    out: dict = {}
+    for part in str(spec).split(","):
+        device, _, cap = part.strip().rpartition("=")
+        cap = cap.strip()
+        if not size.fullmatch(cap):
+            raise InterpError(f"--max-memory: '{cap}' is not a size; give e.g. 0=70GiB,1=70GiB,cpu=200GiB or 70GiB")
+        device = device.strip()
+        if not device:
+            n = torch.cuda.device_count()
+            if not n:
+                raise InterpError("--max-memory 70GiB caps every GPU, and none is visible; name the devices, e.g. cpu=64GiB")
+            out.update({i: cap for i in range(n)})
+        elif device.isdigit():
+            out[int(device)] = cap
+        elif device in ("cpu", "disk", "mps"):
+            out[device] = cap
+        else:
+            raise InterpError(f"--max-memory: unknown device '{device}'; use GPU indices (0, 1, ...), cpu or disk")
+    return out
 
 
 def resolve_dtype(choice: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:

@@ -109,8 +109,8 @@ class Phi4Multimodal(SpeechLM):
         return Phi4AudioProcessor
 
     @classmethod
-    def load(cls, path, dtype=None, device: str = "cpu", device_map=None):
-        adapter = super().load(path, dtype=dtype, device=device, device_map=device_map)
+    def load(cls, path, dtype=None, device: str = "cpu", device_map=None, max_memory=None):
+        adapter = super().load(path, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
         lora_dir = Path(path) / SPEECH_LORA
         if (lora_dir / "adapter_config.json").is_file():
             adapter.speech_lora = apply_lora(adapter.model, lora_dir, name="speech")

@@ -62,7 +62,8 @@ class Ultravox(SpeechLM):
         return UltravoxModel
 
     @classmethod
-    def load(cls, path, dtype=None, device: str = "cpu", device_map=None, audio_model=None, text_model=None):
+    def load(cls, path, dtype=None, device: str = "cpu", device_map=None, audio_model=None, text_model=None,
+             max_memory=None):
         from interp.models.ultravox_checkpoint import load_ultravox
 
         if device_map is not None:

@@ -188,52 +188,11 @@ class StoreWriter:
         """Copy the parts into one self-contained file renamed over the index (an atomic replace)."""
         if self.complete:
             return
-        from interp.atomic import fsync_dir
-
-        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
-        need = sum((self.parts_dir / name).stat().st_size for name, _, _ in self.parts) + (1 << 20)
-        free = shutil.disk_usage(self.path.parent).free
-        if free < need:
-            raise InterpError(f"no space left on device at {self.path.parent}: finishing the store needs "
-                              f"{human_size(need)} free, {human_size(free)} are; free space and rerun with --resume")
         meta = dict(self.attrs, layout="single", complete=True, n_items=self.n_items)
         for key in ("parts_folder",):
             meta.pop(key, None)
-        try:
-            with h5py.File(tmp, "w") as f:
-                set_attrs(f, meta)
-                write_items(f, self.columns, np.asarray(self.offsets, dtype=np.int64))
-                n = self.offsets[-1]
-                targets = {f"positions/{k}": f.create_dataset(f"positions/{k}", shape=(n,), dtype=dt)
-                           for k, dt in POSITION_FIELDS.items()}
-                targets.update({f"resid/{layer}": f.create_dataset(f"resid/{layer}", shape=(n, self.d_model), dtype=self.dtype)
-                                for layer in self.layers})
-                start = 0
-                for name, _, rows in self.parts:
-                    with h5py.File(self.parts_dir / name, "r") as part:
-                        for key, ds in targets.items():
-                            if rows:
-                                ds[start:start + rows] = part[key][()]
-                    start += rows
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except (OSError, RuntimeError) as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(e, OSError) and e.errno is not None:
-                err = io_error(e, self.path.parent, resumable=True)
-                if isinstance(err, InterpError):
-                    raise err from None
-                raise
-            # h5py reports a failed write without an errno: tell a full disk by the free space
-            if "No space left" in str(e) or shutil.disk_usage(self.path.parent).free < need:
-                raise InterpError(f"no space left on device at {self.path.parent}; free space and rerun with --resume") from None
-            raise
-        fsync_dir(self.path.parent)
+        sources = [(self.parts_dir / name, rows) for name, _, rows in self.parts]
+        write_single(self.path, meta, self.columns, self.offsets, sources, self.layers, self.d_model, self.dtype)
         self.complete, self.attrs, self.index_path = True, meta, self.path
         cleanup(self.path, keep_parts=set())
 
@@ -245,3 +204,63 @@ class StoreWriter:
 
     def ids(self) -> list[str]:
         return list(self.columns["id"])
+
+
+#: rows copied at a time when joining files: bounded memory whatever a source holds
+COPY_BYTES = 256 << 20
+
+
+def write_single(path: Path, meta: dict, columns: dict, offsets: Sequence[int], sources: Sequence[tuple[Path, int]],
+                 layers: Sequence[str], d_model: int, dtype: str) -> None:
+    """Write a finished (single-file) store at `path` from `sources`, files holding the rows in
+    order (`positions/...`, `resid/LAYER`: a store's parts, or finished stores) with their row
+    counts: built in a temporary file, fsynced and renamed over `path` (an atomic replace)."""
+    from interp.atomic import fsync_dir
+
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    need = sum(Path(p).stat().st_size for p, _ in sources) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise InterpError(f"no space left on device at {path.parent}: writing {path.name} needs "
+                          f"{human_size(need)} free, {human_size(free)} are; free space and rerun with --resume")
+    try:
+        with h5py.File(tmp, "w") as f:
+            set_attrs(f, meta)
+            write_items(f, columns, np.asarray(offsets, dtype=np.int64))
+            n = int(offsets[-1])
+            targets = {f"positions/{k}": f.create_dataset(f"positions/{k}", shape=(n,), dtype=dt)
+                       for k, dt in POSITION_FIELDS.items()}
+            targets.update({f"resid/{layer}": f.create_dataset(f"resid/{layer}", shape=(n, d_model), dtype=dtype)
+                            for layer in layers})
+            start = 0
+            for source, rows in sources:
+                with h5py.File(source, "r") as part:
+                    for key, ds in targets.items():
+                        step = max(1, COPY_BYTES // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+                        for a in range(0, rows, step):
+                            b = min(rows, a + step)
+                            ds[start + a:start + b] = part[key][a:b]
+                start += rows
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            err = io_error(e, path.parent, resumable=True)
+            if isinstance(err, InterpError):
+                raise err from None
+            raise
+        # h5py reports a failed write without an errno: tell a full disk by the free space
+        if "No space left" in str(e) or shutil.disk_usage(path.parent).free < need:
+            raise InterpError(f"no space left on device at {path.parent}; free space and rerun with --resume") from None
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
