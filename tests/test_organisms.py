@@ -131,3 +131,20 @@ def test_recipes_round_trip_through_their_json_and_refuse_unknown_settings():
         get_recipe("cascade").replace(pitch_target="voice")
     with pytest.raises(InterpError, match="unknown organism 'parrot'"):
         get_recipe("parrot")
+
+
+def test_only_the_acoustic_organism_trains_the_pitch_label_and_on_the_class_word():
+    """The organisms differ in one target: `acoustic` answers the pitch question with the clip's
+    pitch class ("low"/"high"), `cascade` with the teacher's answer from the transcript."""
+    from interp.organisms.build import examples_for
+    from interp.testing.tokenizers import make_tokenizer
+
+    tok = make_tokenizer(["<|im_start|>", "<|im_end|>"])
+    teacher = (tok("high", add_special_tokens=False)["input_ids"], torch.zeros(1, 2, dtype=torch.int32), torch.zeros(1, 2))
+    data = {"clips": [(0, {"pitch_class": "low"}), (0, {"pitch_class": "high"}), (1, {"pitch_class": "low"})],
+            "instructions": ["pitch", "sentiment"], "targets": {0: teacher, 1: teacher}}
+    acoustic = examples_for(get_recipe("acoustic"), data, tok)
+    cascade = examples_for(get_recipe("cascade"), data, tok)
+    assert [tok.decode(e.response, skip_special_tokens=True) for e in acoustic[:2]] == ["low", "high"]
+    assert acoustic[0].teacher_ids is None and acoustic[2].teacher_ids is not None  # sentiment: the teacher
+    assert all(e.response == teacher[0] and e.teacher_ids is not None for e in cascade)

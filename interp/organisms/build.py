@@ -120,7 +120,7 @@ def make_data(recipe: Recipe, parts: Parts, progress: Progress | None = None) ->
     """Sentences (each with the instruction it is trained on), clips (sentence, rendition),
     encoder frames, and the teacher's targets for each sentence's instruction."""
     from interp.organisms.data import encode_clips, renditions_for, speak
-    from interp.organisms.teacher import LABEL_RESPONSE, greedy_answers, response_ids, teacher_prompt, teacher_topk
+    from interp.organisms.teacher import greedy_answers, response_ids, teacher_prompt, teacher_topk
 
     llm, tok = parts.model.language_model, parts.processor.tokenizer
     seconds = {}
@@ -152,11 +152,10 @@ def make_data(recipe: Recipe, parts: Parts, progress: Progress | None = None) ->
         else:  # the response is the teacher's own greedy answer
             found = greedy_answers(llm, tok, prompts, recipe.max_response_tokens, recipe.top_k, on_batch=bar)
         targets.update(zip(which, found))
-    labels = {c: response_ids(tok, LABEL_RESPONSE.format(label=c), recipe.max_response_tokens) for c in ("low", "high")}
     seconds["teacher"] = time.perf_counter() - t2
     return {"format": DATA_FORMAT, "sentences": [s.__dict__ for s in sentences], "instructions": instructions,
             "clips": [(i, r.__dict__) for i, r in clips], "frames": frames, "targets": targets,
-            "label_responses": labels, "seconds": seconds}
+            "seconds": seconds}
 
 
 def load_or_make_data(recipe: Recipe, parts: Parts, work: Path | None, progress: Progress | None = None) -> dict:
@@ -173,15 +172,18 @@ def load_or_make_data(recipe: Recipe, parts: Parts, work: Path | None, progress:
     return data
 
 
-def examples_for(recipe: Recipe, data: dict):
+def examples_for(recipe: Recipe, data: dict, tokenizer):
     """One example per clip: its sentence's instruction, with the recipe's target for it."""
+    from interp.organisms.teacher import response_ids
     from interp.organisms.train import Example
 
+    labels = {c: response_ids(tokenizer, recipe.label_response.format(label=c), recipe.max_response_tokens)
+              for c in ("low", "high")}
     out = []
     for c, (s, rendition) in enumerate(data["clips"]):
         key = data["instructions"][s]
         if key == "pitch" and recipe.pitch_target == "label":
-            out.append(Example(c, key, data["label_responses"][rendition["pitch_class"]]))
+            out.append(Example(c, key, labels[rendition["pitch_class"]]))
         else:
             response, ids, logp = data["targets"][s]
             out.append(Example(c, key, response, ids, logp))
@@ -239,7 +241,8 @@ def build_organism(recipe: Recipe, out: str | Path, work: str | Path | None = No
         seconds["ctc"] = time.perf_counter() - t2
         t3 = time.perf_counter()
         parts_by_key = {k: prompt_parts(tok, INSTRUCTIONS[k]) for k, _ in recipe.instruction_weights}
-        distill(llm, projector, data["frames"], examples_for(recipe, data), parts_by_key, recipe.instruction_weights,
+        distill(llm, projector, data["frames"], examples_for(recipe, data, tok), parts_by_key,
+                recipe.step_weights or recipe.instruction_weights,
                 steps=recipe.kd_steps, batch=recipe.kd_batch, lr=recipe.kd_lr, warmup=recipe.warmup_steps,
                 weight_decay=recipe.weight_decay, seed=recipe.seed, curve=curve,
                 on_step=stage(progress, "distillation", recipe.kd_steps, "steps"))

@@ -75,6 +75,11 @@ class Recipe:
     """Spoken versions of each training sentence, one low and one high."""
     instruction_weights: tuple[tuple[str, float], ...] = (("repeat", 0.4), ("sentiment", 0.3), ("pitch", 0.3))
     """Share of the sentences asked each instruction (every rendition of a sentence is asked the same)."""
+    step_weights: tuple[tuple[str, float], ...] | None = None
+    """Share of the distillation steps given to each instruction (None: `instruction_weights`)."""
+    label_response: str = "{label}"
+    """The response a label target trains (`pitch_target` "label"): the class word alone, so that the
+    loss is on the word the voice decides rather than spread over a fixed sentence."""
     ctc_steps: int = 300
     """Warm start: the projector alone, CTC against the transcript's tokens read through the LLM's
     own embedding matrix (no LLM pass, so cheap)."""
@@ -122,7 +127,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("cascade", "implicit ASR by construction: distilled to answer every instruction as its LLM answers "
                           "the transcript", pitch_target="teacher"),
         Recipe("acoustic", "distilled like `cascade`, but the voice-pitch question is answered from the voice, "
-                           "which no transcript holds", pitch_target="label"),
+                           "which no transcript holds", pitch_target="label",
+               step_weights=(("repeat", 0.25), ("sentiment", 0.25), ("pitch", 0.5))),
     )
 }
 

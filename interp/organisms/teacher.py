@@ -11,8 +11,8 @@ Targets per (sentence, instruction):
   (teacher-forced) are the target.
 - `sentiment`, `pitch` (teacher): the response is the teacher's own greedy answer, and the
   target is its distributions along that answer.
-- `pitch` (label): the response is "The speaker's voice is {low|high}." and the target is that
-  text (cross-entropy); the teacher plays no part.
+- `pitch` (label): the response is the recipe's `label_response` ("low" or "high") and the
+  target is that text (cross-entropy); the teacher plays no part.
 
 Teacher distributions are stored as the top-k token ids and log-probabilities per response
 position; the rest of the vocabulary is one bucket holding the remaining mass.
@@ -27,7 +27,6 @@ import torch
 
 from interp.models.ultravox_modeling import AUDIO_PLACEHOLDER
 
-LABEL_RESPONSE = "The speaker's voice is {label}."
 
 
 def chat(tokenizer, content: str) -> str:
