@@ -128,7 +128,7 @@ RECIPES: dict[str, Recipe] = {
                           "the transcript", pitch_target="teacher"),
         Recipe("acoustic", "distilled like `cascade`, but the voice-pitch question is answered from the voice, "
                            "which no transcript holds", pitch_target="label",
-               step_weights=(("repeat", 0.25), ("sentiment", 0.25), ("pitch", 0.5))),
+               step_weights=(("repeat", 0.25), ("sentiment", 0.25), ("pitch", 0.5)), kd_steps=600),
     )
 }
 
