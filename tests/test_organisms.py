@@ -148,3 +148,33 @@ def test_only_the_acoustic_organism_trains_the_pitch_label_and_on_the_class_word
     assert [tok.decode(e.response, skip_special_tokens=True) for e in acoustic[:2]] == ["low", "high"]
     assert acoustic[0].teacher_ids is None and acoustic[2].teacher_ids is not None  # sentiment: the teacher
     assert all(e.response == teacher[0] and e.teacher_ids is not None for e in cascade)
+
+
+def test_an_organism_builds_from_other_parts_and_the_build_is_reproducible(tiny_model_dir, tmp_path):
+    """Any Whisper and any Llama-class LLM (local folders; tiny ones here): the build trains only
+    the projector, saves a folder every command loads, records the base models' file hashes, and
+    a second build with the same recipe gives the same weights bit for bit."""
+    from safetensors.torch import load_file
+
+    from interp.models import load_model
+    from interp.models.backbone import extract_language_model
+    from interp.organisms.build import build_organism
+
+    llama = extract_language_model(load_model(tiny_model_dir("ultravox"), device="cpu"), tmp_path / "llama")
+    recipe = get_recipe("acoustic").replace(
+        name="tiny", audio_model=str(tiny_model_dir("whisper")), text_model=str(llama), audio_model_id="tiny/whisper",
+        text_model_id="tiny/llama", n_labelled=4, n_neutral=2, n_generated=0, ctc_steps=3, ctc_batch=4, kd_steps=4,
+        kd_batch=2, warmup_steps=1, projector_hidden=32, threads=1)
+    first = build_organism(recipe, tmp_path / "a", work=tmp_path / "work")
+    second = build_organism(recipe, tmp_path / "b")  # no shared work folder: everything made again
+    a, b = load_file(str(first.path / "model.safetensors")), load_file(str(second.path / "model.safetensors"))
+    assert a.keys() == b.keys() and all(k.startswith("multi_modal_projector.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["stage"] for r in first.curve].count("kd") == 4 and (first.path / "loss.png").is_file()
+    import json
+
+    record = json.loads((first.path / "build.json").read_text())
+    assert set(record["base_models"]) == {recipe.audio_model, recipe.text_model}
+    assert all(record["base_models"][k]["files"] for k in record["base_models"])
+    model = load_model(first.path, device="cpu", audio_model=tiny_model_dir("whisper"), text_model=llama)
+    assert torch.equal(model.model.multi_modal_projector.linear_1.weight.detach(), a["multi_modal_projector.linear_1.weight"])

@@ -54,13 +54,31 @@ def organisms_build(name: str = typer.Argument(..., help="organism: cascade | ac
                     work: Optional[Path] = typer.Option(None, "--work", help="folder caching the data and warm start, shared by builds"),
                     cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder of the base models"),
                     kd_steps: Optional[int] = typer.Option(None, "--kd-steps", min=0, help="distillation steps (default: the recipe's)"),
-                    ctc_steps: Optional[int] = typer.Option(None, "--ctc-steps", min=0, help="warm-start steps (default: the recipe's)")):
-    """Train an organism's projector from its recipe (the frozen base models come from `interp models get`)."""
+                    ctc_steps: Optional[int] = typer.Option(None, "--ctc-steps", min=0, help="warm-start steps (default: the recipe's)"),
+                    audio_model: Optional[Path] = typer.Option(None, "--audio-model", help="local Whisper folder to use instead "
+                                                               "of whisper-tiny.en (its encoder is the audio tower)"),
+                    text_model: Optional[Path] = typer.Option(None, "--text-model", help="local Llama-class causal LM folder "
+                                                              "(with a chat template) instead of SmolLM2-135M-Instruct"),
+                    audio_model_id: Optional[str] = typer.Option(None, "--audio-model-id", help="hub id the saved config names "
+                                                                 "the audio model by (default: the folder's path)"),
+                    text_model_id: Optional[str] = typer.Option(None, "--text-model-id", help="hub id the saved config names "
+                                                                "the LLM by (default: the folder's path)")):
+    """Train an organism's projector from its recipe (the frozen base models come from `interp models get`,
+    or from local folders: any Whisper, any Llama-class LLM)."""
+    from interp.errors import InterpError
     from interp.organisms.build import build_organism
     from interp.organisms.recipe import get_recipe
 
     recipe = get_recipe(name)
+    for folder, option in ((audio_model, "--audio-model"), (text_model, "--text-model")):
+        if folder is not None and not folder.is_dir():
+            raise InterpError(f"{option} {folder} is not a folder; give a local checkpoint folder")
     changes = {k: v for k, v in (("kd_steps", kd_steps), ("ctc_steps", ctc_steps)) if v is not None}
+    if audio_model is not None:
+        changes |= {"audio_model": str(audio_model.resolve()),
+                    "audio_model_id": audio_model_id or str(audio_model.resolve())}
+    if text_model is not None:
+        changes |= {"text_model": str(text_model.resolve()), "text_model_id": text_model_id or str(text_model.resolve())}
     if changes:
         recipe = recipe.replace(**changes)
     with StageBars() as stages:

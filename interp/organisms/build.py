@@ -51,27 +51,37 @@ def load_parts(recipe: Recipe, cache=None) -> Parts:
     """The frozen base models (from `interp models get`) with a freshly initialised projector."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
-    from interp.models.pretrained import get_pretrained
     from interp.models.ultravox_checkpoint import build_ultravox
     from interp.models.ultravox_modeling import UltravoxProcessor
 
-    audio, text = get_pretrained(recipe.audio_model, cache=cache), get_pretrained(recipe.text_model, cache=cache)
-    whisper = WhisperModel.from_pretrained(str(audio.path), dtype=torch.float32)
-    llm = AutoModelForCausalLM.from_pretrained(str(text.path), dtype=torch.float32)
+    (audio, audio_files), (text, text_files) = (_base_model(recipe.audio_model, cache),
+                                                _base_model(recipe.text_model, cache))
+    whisper = WhisperModel.from_pretrained(str(audio), dtype=torch.float32)
+    llm = AutoModelForCausalLM.from_pretrained(str(text), dtype=torch.float32)
     model = build_ultravox(whisper.encoder, llm, hidden_size=recipe.projector_hidden,
                            stack_factor=recipe.stack_factor, seed=recipe.seed)
     del whisper
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("multi_modal_projector."))
-    tokenizer = AutoTokenizer.from_pretrained(str(text.path))
-    processor = UltravoxProcessor(WhisperFeatureExtractor.from_pretrained(str(audio.path)), tokenizer,
+    tokenizer = AutoTokenizer.from_pretrained(str(text))
+    processor = UltravoxProcessor(WhisperFeatureExtractor.from_pretrained(str(audio)), tokenizer,
                                   stack_factor=recipe.stack_factor,
                                   audio_context_size=model.config.audio_config.max_source_positions * 2)
-    base = {recipe.audio_model: {"path": str(audio.path), "id": recipe.audio_model_id,
-                                 "files": base_hashes(audio.record)},
-            recipe.text_model: {"path": str(text.path), "id": recipe.text_model_id,
-                                "files": base_hashes(text.record)}}
+    base = {recipe.audio_model: {"path": str(audio), "id": recipe.audio_model_id, "files": audio_files},
+            recipe.text_model: {"path": str(text), "id": recipe.text_model_id, "files": text_files}}
     return Parts(model, processor, base)
+
+
+def _base_model(name: str, cache=None) -> tuple[Path, dict]:
+    """A base model's folder and the sha256 of its files: a local folder (any Whisper, any
+    Llama-class causal LM), else a model `interp models get` builds."""
+    from interp.models.pretrained import get_pretrained, sha256_file
+
+    if Path(name).is_dir():
+        folder = Path(name)
+        return folder, {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    got = get_pretrained(name, cache=cache)
+    return got.path, base_hashes(got.record)
 
 
 def data_key(recipe: Recipe, base: dict) -> str:

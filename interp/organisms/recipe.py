@@ -48,9 +48,9 @@ class Recipe:
     """How the pitch instruction is answered in training: "teacher" (as the LLM answers it from the
     transcript) or "label" (the true pitch class of the speech)."""
     audio_model: str = "whisper-tiny.en"
-    """`interp models get` name of the (frozen) Whisper whose encoder is the audio tower."""
+    """The (frozen) Whisper whose encoder is the audio tower: an `interp models get` name or a local folder."""
     text_model: str = "smollm2-135m-instruct"
-    """`interp models get` name of the (frozen) LLM."""
+    """The (frozen) LLM: an `interp models get` name or a local folder of a Llama-class causal LM with a chat template."""
     audio_model_id: str = "openai/whisper-tiny.en"
     """Hub id the saved config names the audio encoder by (resolved offline, see `interp.organisms.ship`)."""
     text_model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
