@@ -39,9 +39,12 @@ def test_demo_writes_every_output(run_cli, tmp_path):
     words = {w.strip(".,").lower() for t in summary["transcripts"].values() for w in t.split()}
     assert words & {w.strip(".,").lower() for r in clean for w in r["transcript"].split()}
     # probes, lens and erasure
-    assert set(summary["probes"]) == {"label", "pitch_class", "chars"}
+    assert set(summary["probes"]) == {"label", "pitch_class", "pitch", "energy", "chars", "whisper_encoder_ctc"}
     assert all(Path(p).is_file() for p in summary["probes"].values())
     assert all(Path(p.strip()).is_file() for p in summary["lens"].split(","))
+    implicit = [json.loads(l) for l in Path(summary["implicit_cascade"]).read_text().splitlines()]
+    assert len(implicit) == 4 and implicit[0]["system"].startswith("cascade:lens-L")
+    assert len(summary["figures"]) == 11 and all(Path(p).is_file() for p in summary["figures"])
     erase = Path(summary["erase"]["markdown"]).read_text()
     assert "baseline" in erase and "random subspace" in erase
     assert "interp demo" in stdout and "ground truth" in err

@@ -12,7 +12,8 @@ The demo runs what the study ran, with the toolkit's library calls: traces of th
 organism's residual stream and of Whisper's encoder (the control); the organisms, the matched
 Whisper -> LLM cascade and the gold-transcript cascade answering every item; agreement
 statistics (kappa with bootstrap intervals, error overlap, McNemar); layer-wise probes (the
-label, the voice's pitch class, the transcript by CTC); the logit lens; and LEACE erasure of the
+label, the voice's pitch class, F0, energy, the transcript's characters; CTC in Whisper's
+encoder); the logit lens and the implicit cascade on its text; and LEACE erasure of the
 transcript's characters during generation, beside a random subspace of the same rank. What the
 organisms were built to do is the ground truth the numbers should recover (docs/organisms.md).
 `run_demo` returns a dict of what was written, step by step.
@@ -27,9 +28,11 @@ from interp.progress import Progress
 
 ORGANISMS = ("cascade", "acoustic")
 MAX_NEW_TOKENS = 12
-#: the sentiment, the voice's pitch class, and the transcript's characters (bag of characters: an
-#: Ultravox position holds 160 ms, too few positions for a CTC alignment of a sentence's characters)
-PROBE_TARGETS = ("label", "pitch_class", "chars")
+#: probed in the organism's residual stream: the sentiment, the voice's pitch class, F0 and energy per
+#: position, and the transcript's characters (as a bag: an Ultravox position holds 160 ms, too few
+#: positions for a CTC alignment of a sentence's characters, which is probed in Whisper's encoder)
+PROBE_TARGETS = ("label", "pitch_class", "pitch", "energy", "chars")
+ENCODER_PROBE_TARGETS = ("ctc",)
 #: the organisms' LLM has 30 blocks; probes, the lens and erasure read the residual after every fifth
 LAYERS = "embed,4,9,14,19,24,29"
 ERASE_LAYERS = "4,9,14,19,24,29"  #: erasers act on block outputs
@@ -83,7 +86,8 @@ def run_demo(out: str | Path, progress: Progress | None = None, n_sentences: int
     outputs.update(_behaviour(speech, organisms["acoustic"], base, clean, noisy, out, progress))
 
     # 6. inside the cascade organism
-    outputs.update(_mechanistic(speech, store, sentiment, out, progress))
+    outputs.update(_mechanistic(speech, store, enc_store, base["smollm2-135m-instruct"], sentiment, out, progress))
+    outputs["figures"] = {str(out / name): what for name, what in FIGURES.items() if (out / name).is_file()}
     write_json(out / "summary.json", outputs)
     return outputs
 
@@ -134,8 +138,13 @@ def _behaviour(speech, acoustic_dir: Path, base: dict, clean: list, noisy: list,
             "compare": {k: str(v) for k, v in written.items()} | {"plots": [str(p) for p in plots]}}
 
 
-def _mechanistic(speech, store: Path, rows: list, out: Path, progress: Progress | None) -> dict:
-    """Probes, the logit lens and LEACE erasure of the transcript's characters on the organism's store."""
+def _mechanistic(speech, store: Path, enc_store: Path, llm_dir: Path, rows: list, out: Path,
+                 progress: Progress | None) -> dict:
+    """Probes, the logit lens and its implicit cascade, and LEACE erasure of the transcript's
+    characters, on the organism's store (CTC decodability on Whisper's encoder store)."""
+    from cascades.predictions import PredictionsFile
+    from cascades.runner import answer_text
+    from cascades.textllm import TextLLM
     from interp.analysis.lens import TokenForms, lens_store
     from interp.analysis.lens_outputs import emit_manifest, write_lens
     from interp.analysis.plots import write_lens_plots, write_probe_plot
@@ -143,21 +152,34 @@ def _mechanistic(speech, store: Path, rows: list, out: Path, progress: Progress 
     from interp.analysis.sweep import plan_probe, run_probe
     from interp.experiments.erase import erase_experiment
     from interp.experiments.erase_report import write_erase_report
+    from interp.manifest import read_manifest
     from interp.store import ActivationStore
 
     outputs: dict = {"probes": {}}
-    config = ProbeConfig(folds=3)  # a handful of demo items
+    config = ProbeConfig(folds=3, ctc_epochs=20)  # a handful of demo items
+    for path, targets, layers, prefix in ((store, PROBE_TARGETS, LAYERS, ""),
+                                          (enc_store, ENCODER_PROBE_TARGETS, "all", "whisper_encoder_")):
+        with ActivationStore(path) as st:
+            for target in targets:
+                result = run_probe(plan_probe(st, target, layers=layers, config=config), progress=progress)
+                write_json(out / "probes" / f"{prefix}{target}.json", result.to_dict())
+                outputs["probes"][prefix + target] = str(write_probe_plot(result, out / "probes" / f"{prefix}{target}.png"))
     with ActivationStore(store) as st:
-        for target in PROBE_TARGETS:
-            result = run_probe(plan_probe(st, target, layers=LAYERS, config=config), progress=progress)
-            write_json(out / "probes" / f"{target}.json", result.to_dict())
-            outputs["probes"][target] = str(write_probe_plot(result, out / "probes" / f"{target}.png"))
         lens = lens_store(speech, st, layers=LAYERS, progress=progress)
-    last = lens.layers[-1]
+    best = max(lens.layers, key=lambda layer: lens.precision.get(layer) or 0.0)
     files = [write_lens(lens, out / "lens" / "lens.jsonl", speech.tokenizer)]
     files += write_lens_plots(lens, TokenForms(speech.tokenizer), out / "lens" / "lens.png")
-    files.append(emit_manifest(lens, last, out / "lens" / f"implicit_L{last}.jsonl"))
-    outputs["lens"] = ", ".join(map(str, files))
+    implicit = emit_manifest(lens, best, out / "lens" / f"implicit_L{best}.jsonl")
+    outputs["lens"] = ", ".join(map(str, [*files, implicit]))
+    outputs["lens_precision"] = {layer: lens.precision.get(layer) for layer in lens.layers}
+
+    # the implicit cascade: the organism's own LLM answers the text the lens reads at its best layer
+    implicit_rows = read_manifest(implicit)
+    with PredictionsFile(out / "predictions" / "implicit_cascade.jsonl", overwrite=True) as preds:
+        answer_text(TextLLM.from_path(llm_dir, device="cpu"), implicit_rows,
+                    {r["id"]: r["transcript"] for r in implicit_rows}, system=f"cascade:lens-L{best}->smollm2",
+                    batch_size=8, max_new_tokens=MAX_NEW_TOKENS, on_batch=preds.add, progress=progress)
+    outputs["implicit_cascade"] = str(preds.path)
 
     # the study's erasure: the transcript's characters erased at every fifth block, kept on through
     # generation, beside a random subspace of the same rank
@@ -168,6 +190,24 @@ def _mechanistic(speech, store: Path, rows: list, out: Path, progress: Progress 
     return outputs
 
 
+#: what each figure shows, for the summary
+FIGURES = {
+    "compare/kappa_by_task.png": "kappa with 95% bootstrap intervals per system pair and task: the `cascade` organism "
+                                 "should agree with the gold-transcript cascade on sentiment, the `acoustic` one not on pitch",
+    "compare/accuracy_vs_snr.png": "accuracy of every system clean and in babble noise",
+    "probes/label.png": "held-out accuracy of a linear probe for the sentiment at every fifth residual of the `cascade` organism",
+    "probes/pitch_class.png": "the same for the voice's pitch class (low/high): present in the residuals even though "
+                              "the `cascade` organism answers as if it could not hear it",
+    "probes/pitch.png": "R^2 of F0 per audio position", "probes/energy.png": "R^2 of energy per audio position",
+    "probes/chars.png": "R^2 of the transcript's bag of characters",
+    "probes/whisper_encoder_ctc.png": "CTC decodability of the transcript's characters from Whisper's encoder layers",
+    "lens/lens.png": "logit-lens top-1 tokens over the audio positions of one item, at every fifth layer",
+    "lens/lens_precision.png": "bag-of-tokens precision of the lens against the transcript, per layer",
+    "erase/erase.png": "accuracy with the transcript's characters erased by LEACE during generation, beside a random "
+                       "subspace of the same rank",
+}
+
+
 def describe(outputs: dict) -> list[tuple[str, str]]:
     """(what, where) rows for printing."""
     rows = [("real models", ", ".join(outputs["models"].values())),
@@ -176,7 +216,7 @@ def describe(outputs: dict) -> list[tuple[str, str]]:
             ("activation stores", ", ".join(outputs["stores"].values())),
             ("predictions", ", ".join(outputs["predictions"])),
             ("agreement report", outputs["compare"]["markdown"])]
-    for key in ("probes", "lens", "erase"):
+    for key in ("probes", "lens", "implicit_cascade", "erase"):
         value = outputs.get(key)
         if isinstance(value, dict):
             rows += [(f"{key}: {k}", str(v)) for k, v in value.items()]
