@@ -1,6 +1,6 @@
 """A small speech dataset built from the shipped samples in a few seconds on a CPU: the
 text-sufficient sample items spoken by espeak-ng (one clean manifest, tasks mixed), and the
-same items under built-in babble at each requested SNR. `interp demo` runs on it."""
+same items under built-in babble at each requested SNR. The quickstart notebook and the tests run on it."""
 
 from __future__ import annotations
 
