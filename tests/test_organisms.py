@@ -3,6 +3,8 @@ prompt cache, the data's guarantees (held-out sentences never heard, pitch in th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -171,8 +173,6 @@ def test_an_organism_builds_from_other_parts_and_the_build_is_reproducible(tiny_
     assert a.keys() == b.keys() and all(k.startswith("multi_modal_projector.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["stage"] for r in first.curve].count("kd") == 4 and (first.path / "loss.png").is_file()
-    import json
-
     record = json.loads((first.path / "build.json").read_text())
     assert set(record["base_models"]) == {recipe.audio_model, recipe.text_model}
     assert all(record["base_models"][k]["files"] for k in record["base_models"])

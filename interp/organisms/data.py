@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -212,7 +212,3 @@ def encode_clips(waveforms: Sequence[np.ndarray], processor, audio_tower,
         if on_item:
             on_item(1)
     return frames
-
-
-def sentence_table(sentences: Sequence[Sentence]) -> list[dict]:
-    return [asdict(s) for s in sentences]

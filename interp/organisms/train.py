@@ -53,10 +53,6 @@ class Curve:
     def add(self, **row) -> None:
         self.rows.append(row)
 
-    def smoothed(self, stage: str, window: int = 20) -> list[float]:
-        ys = [r["loss"] for r in self.rows if r["stage"] == stage]
-        return [float(np.mean(ys[max(0, i - window + 1):i + 1])) for i in range(len(ys))]
-
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak."""
