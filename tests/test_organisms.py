@@ -178,3 +178,12 @@ def test_an_organism_builds_from_other_parts_and_the_build_is_reproducible(tiny_
     assert all(record["base_models"][k]["files"] for k in record["base_models"])
     model = load_model(first.path, device="cpu", audio_model=tiny_model_dir("whisper"), text_model=llama)
     assert torch.equal(model.model.multi_modal_projector.linear_1.weight.detach(), a["multi_modal_projector.linear_1.weight"])
+
+
+def test_organism_commands_refuse_bad_input_in_one_line(run_cli, tmp_path):
+    code, _, err = run_cli("organisms", "get", "parrot")
+    assert code == 2 and "unknown organism 'parrot'; choose one of cascade, acoustic" in err and "Traceback" not in err
+    code, _, err = run_cli("organisms", "build", "cascade", "--out", tmp_path / "o", "--text-model", tmp_path / "none")
+    assert code == 2 and "is not a folder" in err and not (tmp_path / "o").exists()
+    code, out, _ = run_cli("organisms", "list")
+    assert code == 0 and "cascade" in out and "acoustic" in out and "yes" in out  # both ship weights
