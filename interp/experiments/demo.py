@@ -123,7 +123,9 @@ def _behaviour(speech, acoustic_dir: Path, base: dict, clean: list, noisy: list,
                                                                on_batch=add, **kw))
     del acoustic
     llm = TextLLM.from_path(base["smollm2-135m-instruct"], device="cpu")
-    heard = transcribe(base["whisper-tiny.en"], items, batch_size=8, progress=progress)
+    clips = {r["audio"]: r for r in items}  # every clip is an item of both tasks: transcribe it once
+    by_clip = transcribe(base["whisper-tiny.en"], list(clips.values()), batch_size=8, progress=progress)
+    heard = {r["id"]: by_clip[clips[r["audio"]]["id"]] for r in items}
     predictions("cascade_whisper", lambda add: answer_text(llm, items, heard, system="cascade:whisper-tiny.en->smollm2",
                                                            on_batch=add, **kw))
     gold = {r["id"]: r["transcript"] for r in clean}
