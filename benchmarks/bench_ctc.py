@@ -12,7 +12,8 @@ The store is float16, as `interp trace` writes it, written by a child process so
 reported peak RSS is the sweep's alone.
 
 Run: python benchmarks/bench_ctc.py [--items 1000] [--layers 9] [--dim 1280] [--folds 5]
-                                    [--method batched|reference] [--epochs N] [--store PATH] [--json PATH]
+                                    [--method batched|reference] [--epochs N] [--jobs N] [--threads N]
+                                    [--store PATH] [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -81,6 +83,12 @@ def write_store(path: Path, items: int, layers: int, dim: int, seed: int = 0, ch
     writer.finish()
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the sweep's workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1000)
@@ -91,6 +99,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="ctc_epochs (default: ProbeConfig's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--jobs", type=int, default=0, help="ctc_jobs: layers at once in worker processes (0: one per core)")
     parser.add_argument("--store", type=Path, default=None, help="reuse or create the store here")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
@@ -116,10 +125,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with ActivationStore(store) as s:
         n_rows, n_items = int(s.n_rows), int(s.n_items)
-    config = ProbeConfig(folds=args.folds, ctc_method=args.method, device=args.device,
+    config = ProbeConfig(folds=args.folds, ctc_method=args.method, device=args.device, ctc_jobs=args.jobs,
                          **({"ctc_epochs": args.epochs} if args.epochs else {}))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     per_layer = []
 
     def tick(n=1):
@@ -130,17 +139,20 @@ def main() -> None:
     for score in result.layers:
         print(f"  layer {score.layer}: decodability {score.score:.3f} +- {score.spread:.3f} (control {score.control:.3f}, "
               f"medoid {score.baseline:.3f}; epochs {score.extra.get('epochs', float('nan')):.1f})")
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker (ctc_jobs)
     one_layer = n_rows * args.dim * 4 / 2**20
     print(f"ctc sweep ({args.method}): {n_items} items ({n_rows} positions, {n_rows / n_items:.0f} per item) x "
           f"{len(result.layers)} layers x {args.dim} dims, {args.folds} folds: {wall:.1f} s wall "
           f"({wall / len(result.layers):.1f} s/layer), {cpu:.0f} s CPU, torch threads {torch.get_num_threads()}")
-    print(f"peak RSS {peak:.0f} MiB (after imports {rss_before:.0f} MiB; one layer of float32 states = {one_layer:.0f} MiB)")
+    print(f"peak RSS {peak:.0f} MiB, largest worker {worker_peak:.0f} MiB (after imports {rss_before:.0f} MiB; "
+          f"one layer of float32 states = {one_layer:.0f} MiB)")
     if args.json:
         args.json.write_text(json.dumps({
             "method": args.method, "items": n_items, "positions": n_rows, "layers": len(result.layers), "dim": args.dim,
-            "folds": args.folds, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak, "rss_after_imports_mib": rss_before,
+            "folds": args.folds, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak, "worker_peak_rss_mib": worker_peak,
+            "rss_after_imports_mib": rss_before, "jobs": args.jobs,
             "per_layer_cumulative_s": per_layer, "threads": torch.get_num_threads(),
             "decodability": {s.layer: s.score for s in result.layers},
             "decodability_spread": {s.layer: s.spread for s in result.layers},

@@ -45,6 +45,7 @@ class ProbeConfig:
     ctc_weight_decay: float = 1e-4  #: L2 on the CTC head (Adam weight decay)
     ctc_batch_items: int = 16  #: items per CTC optimisation step
     ctc_val_fraction: float = 0.1  #: share of a fold's training items a CTC head stops on (0: fixed ctc_epochs)
+    ctc_jobs: int = 0  #: layers whose CTC heads train at once, each in a worker process on one thread (0: one per CPU core for a large sweep on a CPU; 1: in this process)
     ctc_method: str = "batched"  #: batched (all folds' heads at once, early stopping) | reference (one head at a time, fixed epochs; slow)
     pitch_fmin: float = 65.0  #: lowest F0 searched by pYIN (Hz)
     pitch_fmax: float = 500.0  #: highest F0 searched by pYIN (Hz)

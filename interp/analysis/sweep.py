@@ -121,11 +121,13 @@ def run_probe(plan: ProbePlan, progress: Progress | None = None, keep_probes: bo
     advance = stage(progress, f"probe {tgt.name}", len(plan.layers), "layers")
     scores, probes = [], {}
     unconverged = 0
+    jobs = ctc_jobs(plan, n_positions)
+    in_workers = _ctc_layers_in_workers(plan, bounds, jobs, advance) if jobs > 1 else {}
     for layer in plan.layers:
-        X = layer_features(store, tgt, layer)
-        if not np.all(np.isfinite(X)):
-            raise InterpError(f"layer {layer} of {store.path} holds non-finite values (float16 overflow?); "
-                              "re-trace with --dtype float32")
+        if layer in in_workers:
+            scores.append(_summarise(layer, in_workers[layer], len(tgt.items), n_positions))
+            continue
+        X = _finite_features(store, tgt, layer)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if tgt.kind == "ctc":
@@ -179,6 +181,14 @@ def _summarise(layer: str, per_fold: list[dict], n_items: int, n_positions: int)
                       score - ctrl, n_items, n_positions, extra)
 
 
+def _finite_features(store: ActivationStore, target: Target, layer: str) -> np.ndarray:
+    X = layer_features(store, target, layer)
+    if not np.all(np.isfinite(X)):
+        raise InterpError(f"layer {layer} of {store.path} holds non-finite values (float16 overflow?); "
+                          "re-trace with --dtype float32")
+    return X
+
+
 def layer_features(store: ActivationStore, target: Target, layer: str) -> np.ndarray:
     """One layer's features for the target's units, (n_units, d_model) float32."""
     if target.kind == "ctc":
@@ -201,6 +211,56 @@ def fit_ctc_head(seqs: Sequence[np.ndarray], targets: Sequence[np.ndarray], n_sy
 
     return reference(seqs, targets, n_symbols, config.ctc_epochs, config.ctc_lr, config.ctc_weight_decay,
                      config.ctc_batch_items, seed, config.device)
+
+
+def ctc_jobs(plan: ProbePlan, n_positions: int) -> int:
+    """Worker processes for a CTC sweep: `ctc_jobs` if set; else, on a CPU, one per core (at most
+    one per layer) when a layer holds at least SMALL_PROBLEM values (below that, starting a
+    worker costs more than it saves). A head's epoch is a chain of small products and a
+    sequential loss that a second thread barely speeds up; a second layer on the other core
+    nearly doubles the sweep's throughput (benchmarks/bench_ctc.py)."""
+    import os
+
+    from interp.analysis.probing import SMALL_PROBLEM
+
+    if plan.target.kind != "ctc" or plan.config.ctc_method != "batched" or len(plan.layers) < 2:
+        return 1
+    if plan.config.ctc_jobs:
+        return min(plan.config.ctc_jobs, len(plan.layers))
+    if plan.config.device != "cpu" or n_positions * plan.store.d_model < SMALL_PROBLEM:
+        return 1
+    return min(len(os.sched_getaffinity(0)), len(plan.layers))
+
+
+def _ctc_layers_in_workers(plan: ProbePlan, bounds: np.ndarray, jobs: int, advance) -> dict[str, list[dict]]:
+    """Every layer's per-fold CTC scores, `jobs` layers at a time in spawned worker processes
+    that each open the store, read one layer and train its heads on one thread."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    args = (str(plan.store.path), plan.target, bounds, plan.folds, plan.control, plan.config)
+    out = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_ctc_layer_worker, layer, *args): layer for layer in plan.layers}
+        try:
+            for done in as_completed(futures):
+                out[futures[done]] = done.result()
+                advance(1)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return out
+
+
+def _ctc_layer_worker(layer: str, path: str, target: Target, bounds, folds, y_ctrl, config: ProbeConfig) -> list[dict]:
+    """One layer's CTC scores in a worker process (one torch thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    with ActivationStore(path) as store:
+        X = _finite_features(store, target, layer)
+    return _score_ctc_layer(target, X, bounds, folds, y_ctrl, config)
 
 
 def _medoid(seqs: Sequence[np.ndarray], rng: np.random.Generator, limit: int = 200) -> np.ndarray:
