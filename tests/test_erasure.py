@@ -321,3 +321,64 @@ def test_erasers_found_in_out_must_come_from_the_fit_store(real, run_cli, tmp_pa
     assert code == 0, err
     assert json.loads((out / "erase.json").read_text())["store"] == str(other)
 
+
+
+# ---- shards --------------------------------------------------------------------------------
+
+QUICK = ("--limit", "6", "--max-new-tokens", "2", "--batch-size", "2", "--holdout", "0.5")
+
+
+def _report(folder: Path) -> dict:
+    """erase.json without what differs between runs by nature: timings and paths."""
+    r = {k: v for k, v in json.loads((folder / "erase.json").read_text()).items()
+         if k not in ("seconds", "predictions", "shard")}
+    r["erasers"] = {c: {k: v for k, v in e.items() if k != "file"} for c, e in r["erasers"].items()}
+    return r
+
+
+def _predictions(folder: Path) -> dict:
+    return {p.name: [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in p.read_text().splitlines()]
+            for p in sorted((folder / "predictions").glob("*.jsonl"))}
+
+
+@pytest.fixture(scope="module")
+def erase_whole(real, tmp_path_factory):
+    import typer.main
+    from click.testing import CliRunner
+
+    from interp.cli import app
+
+    out = tmp_path_factory.mktemp("erase-whole") / "whole"
+    r = CliRunner().invoke(typer.main.get_command(app), [str(a) for a in _args(real, out, *QUICK)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_erase_shards_merge_to_the_report_of_one_process(real, erase_whole, run_cli, tmp_path):
+    for k in (0, 1):
+        code, _, err = run_cli(*_args(real, tmp_path / f"s{k}", *QUICK, "--shard", f"{k}/2"))
+        assert code == 0, err
+    s1 = [json.loads(line) for line in (tmp_path / "s1" / "predictions" / "baseline.jsonl").read_text().splitlines()]
+    assert len(s1) == 4 and s1[0]["shard"]["index"] == 1  # 6 items in batches of 2: shards of 1 and 2 batches
+    code, _, err = run_cli("merge-erase", tmp_path / "s1", tmp_path / "s0", "--out", tmp_path / "merged")
+    assert code == 0, err
+    assert _report(tmp_path / "merged") == _report(erase_whole)
+    assert _predictions(tmp_path / "merged") == _predictions(erase_whole)
+    assert (tmp_path / "merged" / "erase.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "merged" / "erase.json").read_text())["shard"] is None
+    one_line_error(*run_cli("merge-erase", tmp_path / "s0", "--out", tmp_path / "m1")[::2], "shard 1/2 is missing")
+    one_line_error(*run_cli("merge-erase", erase_whole, tmp_path / "s0", "--out", tmp_path / "m2")[::2], "not a shard")
+    code, _, err = run_cli(*_args(real, tmp_path / "seed1", *QUICK, "--shard", "1/2", "--seed", "1"))
+    assert code == 0, err
+    one_line_error(*run_cli("merge-erase", tmp_path / "s0", tmp_path / "seed1", "--out", tmp_path / "m3")[::2], "differ in")
+    assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3"))
+
+
+def test_two_ranks_under_torchrun_erase_and_merge_like_one_process(real, erase_whole, tmp_path):
+    from tests.test_shard import launch
+
+    out = tmp_path / "erase"
+    launch("torchrun", list(_args(real, out, *QUICK)), tmp_path)
+    assert (tmp_path / "erase.shard-1-of-2" / "erase.json").is_file()
+    assert _report(out) == _report(erase_whole)
+    assert _predictions(out) == _predictions(erase_whole)

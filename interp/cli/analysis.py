@@ -24,6 +24,8 @@ def probe_cmd(
     seed: int = typer.Option(0, help="seed of the folds, the shuffled control and the CTC head"),
     max_positions: Optional[int] = typer.Option(None, help="at most N evenly spaced positions per item (position-level targets)"),
     device: str = typer.Option("cpu", help="torch device of the CTC head"),
+    jobs: int = typer.Option(0, "--jobs", min=0, help="ctc: layers trained at once, each in a worker process on one "
+                                                    "thread (0: one per CPU core when the sweep is large)"),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON results (default: <store>_probe_<target>.json beside the store)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of metric vs layer (default: the --out path with .png)"),
 ):
@@ -38,7 +40,7 @@ def probe_cmd(
 
     if max_positions is not None and max_positions < 1:
         raise InterpError(f"--max-positions must be at least 1 (got {max_positions}); leave it out to keep every position")
-    config = ProbeConfig(folds=folds, seed=seed, max_positions=max_positions, device=device)
+    config = ProbeConfig(folds=folds, seed=seed, max_positions=max_positions, device=device, ctc_jobs=jobs)
     with ActivationStore(store) as st:
         plan = plan_probe(st, target, layers=layers, positions=positions, kind=kind, config=config)
         with StageBars() as progress:

@@ -9,6 +9,7 @@ import typer
 
 from interp.cli.app import AUDIO_MODEL, DEVICE, DEVICE_MAP, MAX_MEMORY, MODEL_DTYPE, TEXT_MODEL, app
 from interp.cli.display import StageBars, console, note, paths, wide
+from interp.cli.shards import SHARD, Sharding
 from interp.errors import InterpError
 
 
@@ -29,6 +30,7 @@ def erase_cmd(
     holdout: float = typer.Option(0.25, "--holdout", help="fraction of the store's items kept out of the fit, for re-probing"),
     seed: int = typer.Option(0, "--seed", help="seed of the fit/held-out split and of the random control"),
     refit: bool = typer.Option(False, "--refit", help="fit the erasers again even if --out holds some"),
+    shard: Optional[str] = SHARD,
     device: str = DEVICE,
     model_dtype: str = MODEL_DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
@@ -49,18 +51,26 @@ def erase_cmd(
     from interp.models.base import parse_max_memory
     from interp.store import ActivationStore
 
+    from interp.experiments.erase_merge import merge_erase
+
     names = [c.strip() for c in controls.split(",") if c.strip()]
     rows = read_manifest(data, limit=limit)
     out = out or Path(f"erase-{concept.replace('+', '_')}")
     if out.exists() and not out.is_dir():
         raise InterpError(f"--out {out} is a file; give a folder for the erasers, predictions and report")
-    with OutputLock(out), ActivationStore(fit_store) as store, StageBars() as progress:
-        adapter = load_model(model, dtype=model_dtype, device=device, audio_model=audio_model, text_model=text_model,
-                             device_map=device_map, max_memory=parse_max_memory(max_memory))
-        result = erase_experiment(adapter, rows, store, concept, layers, out, positions=positions, affine=affine,
+    # a shard writes its own folder (under a launcher, OUT's rank folder; rank 0 merges them into OUT)
+    sharding = Sharding(shard, out, device, resume=True, overwrite=False, device_map=device_map)
+    info, rows = sharding.select(rows, batch_size)
+    target = sharding.target
+    if target.exists() and not target.is_dir():
+        raise InterpError(f"{target} is a file; give a folder for the erasers, predictions and report")
+    with OutputLock(target), ActivationStore(fit_store) as store, StageBars() as progress:
+        adapter = load_model(model, dtype=model_dtype, device=sharding.device, audio_model=audio_model,
+                             text_model=text_model, device_map=device_map, max_memory=parse_max_memory(max_memory))
+        result = erase_experiment(adapter, rows, store, concept, layers, target, positions=positions, affine=affine,
                                   controls=names, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
-                                  holdout=holdout, refit=refit, progress=progress)
-        written = write_erase_report(result, out)
+                                  holdout=holdout, refit=refit, shard=info, progress=progress)
+        written = write_erase_report(result, target)
     header, body = table7(result)
     table = Table(title=f"accuracy (%) with '{escape(result.concept)}' erased at layers {','.join(map(str, result.layers))}")
     for col in header:
@@ -75,3 +85,4 @@ def erase_cmd(
     for n in result.notes:
         note(n)
     paths("report", written["markdown"], written["json"], written["plot"])
+    sharding.finish(merge_erase)

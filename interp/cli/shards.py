@@ -1,5 +1,6 @@
-"""Sharded runs: `--shard K/N` and launcher ranks for `trace`, `run` and `cascade`, and the
-commands that merge shards (`interp store merge`, `interp merge-predictions`)."""
+"""Sharded runs: `--shard K/N` and launcher ranks for `trace`, `run`, `cascade` and `erase`, and
+the commands that merge shards (`interp store merge`, `interp merge-predictions`,
+`interp merge-erase`)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,16 @@ def merge_predictions_cmd(
 
     summary = merge_predictions(shards, out, overwrite=overwrite)
     console.print(f"merged {summary.n_shards} shards: [bold]{summary.path}[/] holds {summary.n_items} predictions")
+
+
+@app.command("merge-erase")
+def merge_erase_cmd(
+    shards: List[Path] = typer.Argument(..., help="the shards' --out folders (`interp erase --shard K/N`), in any order"),
+    out: Path = typer.Option(..., "--out", help="folder of the merged report, predictions and erasers"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a report already in --out"),
+):
+    """Merge the shards of one `interp erase` run into the report one process writes."""
+    from interp.experiments.erase_merge import merge_erase
+
+    report = merge_erase(shards, out, overwrite=overwrite)
+    console.print(f"merged {len(shards)} shards: report [bold]{report}[/]")

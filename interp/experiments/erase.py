@@ -49,9 +49,23 @@ class EraseResult:
     eval_items_in_fit: int  #: evaluation items also used to fit (same id in the store's fit split)
     seconds: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    shard: dict | None = None  #: `interp.shard.ShardInfo` of a shard's run (`--shard K/N`); None for the whole manifest
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EraseResult":
+        from interp.analysis.reprobe import ReprobeLayer
+
+        d = dict(d)
+        if d.get("reprobe") is not None:
+            d["reprobe"] = ReprobeResult(**{**d["reprobe"], "layers": [ReprobeLayer(**l) for l in d["reprobe"]["layers"]]})
+        return cls(**d)
+
+
+def in_fit_note(in_fit: int, n: int) -> str:
+    return f"{in_fit} of {n} evaluation item(s) were also used to fit the erasers"
 
 
 def _slug(name: str) -> str:
@@ -104,11 +118,14 @@ def _load_or_fit(path: Path, adapter, store, concept: Concept, layers, positions
 def erase_experiment(adapter, rows: Sequence[dict], store: ActivationStore, concept: str, layers, out, *,
                      positions: str = "audio", affine: bool = False, controls: Sequence[str] = ("random",),
                      batch_size: int = 8, max_new_tokens: int = 32, seed: int = 0, holdout: float = 0.25,
-                     refit: bool = False, reprobe_folds: int = 2, progress: Progress | None = None) -> EraseResult:
+                     refit: bool = False, reprobe_folds: int = 2, shard=None,
+                     progress: Progress | None = None) -> EraseResult:
     """Fit (or load from `out/erasers`) erasers of `concept` at `layers`, then answer `rows`
     for the baseline, the concept erased, and each control, with the erasure on at every
     position through generation; re-probe the held-out store items. Writes the erasers and
-    one predictions file per condition under `out`; the report is `write_erase_report`."""
+    one predictions file per condition under `out`; the report is `write_erase_report`.
+    `shard` (`interp.shard.ShardInfo`): `rows` are that shard of the manifest, and every
+    prediction records it, for `interp.experiments.erase_merge`."""
     from cascades.agreement import accuracy_table
     from cascades.runner import answer_speech
     from interp.atomic import write_jsonl
@@ -184,6 +201,8 @@ def erase_experiment(adapter, rows: Sequence[dict], store: ActivationStore, conc
         ivs = [] if cond == "baseline" else [Erase(erasers[cond], layers=layer_ids)]
         preds = answer_speech(adapter, list(rows), system=cond, interventions=ivs, batch_size=batch_size,
                               max_new_tokens=max_new_tokens, progress=progress)
+        if shard is not None:
+            preds = [{**p, "shard": shard.to_dict()} for p in preds]
         path = out / "predictions" / f"{_slug(cond.replace(' ', '_'))}.jsonl"
         write_jsonl(path, preds)
         preds_paths[cond] = str(path)
@@ -192,10 +211,11 @@ def erase_experiment(adapter, rows: Sequence[dict], store: ActivationStore, conc
     fit_ids = set(np.asarray(store.items["id"])[fit_items].tolist())
     in_fit = sum(str(r["id"]) in fit_ids for r in rows)
     if in_fit:
-        notes.append(f"{in_fit} of {len(rows)} evaluation item(s) were also used to fit the erasers")
+        notes.append(in_fit_note(in_fit, len(rows)))
     seconds["total"] = time.perf_counter() - t0
     model = {"path": str(adapter.path), "family": adapter.family, "model_fingerprint": adapter.fingerprint(),
              "d_model": adapter.d_model, "n_layers": adapter.n_layers}
     return EraseResult(model, target.name, layer_ids, positions, affine, str(store.path), conditions, info,
                        accuracy_table(all_preds), preds_paths, result_reprobe, int(len(fit_items)), int(len(held)),
-                       len(rows), int(in_fit), {k: round(v, 3) for k, v in seconds.items()}, notes)
+                       len(rows), int(in_fit), {k: round(v, 3) for k, v in seconds.items()}, notes,
+                       shard.to_dict() if shard is not None else None)
