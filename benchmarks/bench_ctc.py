@@ -141,12 +141,12 @@ def main() -> None:
               f"medoid {score.baseline:.3f}; epochs {score.extra.get('epochs', float('nan')):.1f})")
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker (ctc_jobs)
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child: a worker (ctc_jobs)
     one_layer = n_rows * args.dim * 4 / 2**20
     print(f"ctc sweep ({args.method}): {n_items} items ({n_rows} positions, {n_rows / n_items:.0f} per item) x "
           f"{len(result.layers)} layers x {args.dim} dims, {args.folds} folds: {wall:.1f} s wall "
           f"({wall / len(result.layers):.1f} s/layer), {cpu:.0f} s CPU, torch threads {torch.get_num_threads()}")
-    print(f"peak RSS {peak:.0f} MiB, largest worker {worker_peak:.0f} MiB (after imports {rss_before:.0f} MiB; "
+    print(f"peak RSS {peak:.0f} MiB, largest child process (the workers) {worker_peak:.0f} MiB (after imports {rss_before:.0f} MiB; "
           f"one layer of float32 states = {one_layer:.0f} MiB)")
     if args.json:
         args.json.write_text(json.dumps({

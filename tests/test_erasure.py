@@ -372,6 +372,9 @@ def test_erase_shards_merge_to_the_report_of_one_process(real, erase_whole, run_
     assert code == 0, err
     one_line_error(*run_cli("merge-erase", tmp_path / "s0", tmp_path / "seed1", "--out", tmp_path / "m3")[::2], "differ in")
     assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3"))
+    # 3 batches over 4 shards: shard 0/4 is empty
+    one_line_error(*run_cli(*_args(real, tmp_path / "empty", *QUICK, "--shard", "0/4"))[::2], "holds no items")
+    assert not (tmp_path / "empty").exists()
 
 
 def test_two_ranks_under_torchrun_erase_and_merge_like_one_process(real, erase_whole, tmp_path):

@@ -205,9 +205,9 @@ def fit_ctc_head(seqs: Sequence[np.ndarray], targets: Sequence[np.ndarray], n_sy
                  config: ProbeConfig = ProbeConfig(), seed: int = 0):
     """Train one linear CTC head (blank = 0) on standardised states for `config.ctc_epochs`
     epochs, no validation split; returns a callable that decodes a list of (T_i, d) arrays into
-    symbol sequences. The reference implementation (`interp.analysis.ctc.fit_ctc_head`); sweeps use the
+    symbol sequences. The reference implementation (`interp.analysis.ctc_reference.fit_ctc_head`); sweeps use the
     batched `interp.analysis.ctc.fit_ctc_heads`."""
-    from interp.analysis.ctc import fit_ctc_head as reference
+    from interp.analysis.ctc_reference import fit_ctc_head as reference
 
     return reference(seqs, targets, n_symbols, config.ctc_epochs, config.ctc_lr, config.ctc_weight_decay,
                      config.ctc_batch_items, seed, config.device)

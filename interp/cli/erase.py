@@ -44,14 +44,13 @@ def erase_cmd(
     from rich.table import Table
 
     from interp.experiments.erase import erase_experiment
+    from interp.experiments.erase_merge import merge_erase
     from interp.experiments.erase_report import reprobe_lines, table7, write_erase_report
     from interp.locks import OutputLock
     from interp.manifest import read_manifest
     from interp.models import load_model
     from interp.models.base import parse_max_memory
     from interp.store import ActivationStore
-
-    from interp.experiments.erase_merge import merge_erase
 
     names = [c.strip() for c in controls.split(",") if c.strip()]
     rows = read_manifest(data, limit=limit)
@@ -61,6 +60,9 @@ def erase_cmd(
     # a shard writes its own folder (under a launcher, OUT's rank folder; rank 0 merges them into OUT)
     sharding = Sharding(shard, out, device, resume=True, overwrite=False, device_map=device_map)
     info, rows = sharding.select(rows, batch_size)
+    if info is not None and not rows:
+        raise InterpError(f"shard {info.label} holds no items (the manifest has {info.manifest_items} items in batches "
+                          f"of {batch_size}); use fewer shards than batches")
     target = sharding.target
     if target.exists() and not target.is_dir():
         raise InterpError(f"{target} is a file; give a folder for the erasers, predictions and report")
