@@ -10,9 +10,11 @@ and shuffled-transcript control), so this module is built for many heads at once
   targets; a batch is drawn from items that train the same heads (in cross-validation, one
   outer fold), whose logits come from one matrix product with those heads' weights side by
   side. Each head keeps its own Adam state and its own standardisation, folded into its
-  weights, so one copy of the features serves every fold. Each head holds out a validation
-  split of its training items, stops when the loss there stops falling, and keeps its best
-  epoch.
+  weights, so one copy of the features serves every fold. Each head starts from zero weights
+  and the bias that best fits its transcripts without reading the states (`_bias_start`),
+  holds out a validation split of its training items, stops when the loss there stops
+  falling, and keeps its best epoch.
+
 The single-head reference the fast path is tested against is `interp.analysis.ctc_reference`.
 """
 
