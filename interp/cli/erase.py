@@ -55,8 +55,6 @@ def erase_cmd(
     names = [c.strip() for c in controls.split(",") if c.strip()]
     rows = read_manifest(data, limit=limit)
     out = out or Path(f"erase-{concept.replace('+', '_')}")
-    if out.exists() and not out.is_dir():
-        raise InterpError(f"--out {out} is a file; give a folder for the erasers, predictions and report")
     # a shard writes its own folder (under a launcher, OUT's rank folder; rank 0 merges them into OUT)
     sharding = Sharding(shard, out, device, resume=True, overwrite=False, device_map=device_map)
     info, rows = sharding.select(rows, batch_size)
@@ -64,8 +62,9 @@ def erase_cmd(
         raise InterpError(f"shard {info.label} holds no items (the manifest has {info.manifest_items} items in batches "
                           f"of {batch_size}); use fewer shards than batches")
     target = sharding.target
-    if target.exists() and not target.is_dir():
-        raise InterpError(f"{target} is a file; give a folder for the erasers, predictions and report")
+    for folder in {out, target}:  # under a launcher: the rank's folder and the merged one
+        if folder.exists() and not folder.is_dir():
+            raise InterpError(f"--out {folder} is a file; give a folder for the erasers, predictions and report")
     with OutputLock(target), ActivationStore(fit_store) as store, StageBars() as progress:
         adapter = load_model(model, dtype=model_dtype, device=sharding.device, audio_model=audio_model,
                              text_model=text_model, device_map=device_map, max_memory=parse_max_memory(max_memory))

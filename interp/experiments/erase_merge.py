@@ -58,14 +58,15 @@ def merge_erase(shards: Sequence[str | Path], out: str | Path, overwrite: bool =
     order = check_coverage([ShardInfo.from_dict(r["shard"]) for r in results], [str(f) for f in folders])
     folders, results = [folders[i] for i in order], [results[i] for i in order]
     first = results[0]
+    names = {cond: Path(e["file"]).name for cond, e in first["erasers"].items()}
+    first_hashes = {cond: sha256_file(folders[0] / "erasers" / name) for cond, name in names.items()}
     for folder, r in zip(folders[1:], results[1:]):
         for key in SHARED:
             if r.get(key) != first.get(key):
                 raise InterpError(f"{folder} and {folders[0]} differ in {key}; merge the shards of one erase run "
                                   "(same model, store, concept, layers, seed and holdout)")
-        for cond, e in r["erasers"].items():
-            name = Path(e["file"]).name
-            if sha256_file(folder / "erasers" / name) != sha256_file(folders[0] / "erasers" / name):
+        for cond, name in names.items():
+            if sha256_file(folder / "erasers" / name) != first_hashes[cond]:
                 raise InterpError(f"the '{cond}' erasers of {folder} and {folders[0]} differ; run every shard with the "
                                   "same store, seed and holdout (or --refit them all)")
     with OutputLock(out):
@@ -82,7 +83,7 @@ def merge_erase(shards: Sequence[str | Path], out: str | Path, overwrite: bool =
         (out / "erasers").mkdir(parents=True, exist_ok=True)
         erasers = {}
         for cond, e in first["erasers"].items():
-            name = Path(e["file"]).name
+            name = names[cond]
             tmp = out / "erasers" / f".{name}.merge"
             shutil.copyfile(folders[0] / "erasers" / name, tmp)
             tmp.replace(out / "erasers" / name)
